@@ -1,0 +1,1 @@
+"""poisonlab's client side: the ClientApp (honest or malicious)."""

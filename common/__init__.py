@@ -1,0 +1,1 @@
+"""What the server and the clients both need: data, partitions, models, training, config."""

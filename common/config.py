@@ -1,0 +1,194 @@
+"""The typed schema of a run and its validation.
+
+:func:`validate` checks a composed Hydra config completely, before any data is
+decoded into clients, any Ray worker or any Flower process starts: unknown keys,
+bad values and impossible combinations fail here with a message that names the
+key, the value and the fix. It returns the plain-dict config that travels to the
+ServerApp and the ClientApps (as Flower run config and message config).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import dataclass, fields
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from common.training import LocalTraining
+
+TOP_LEVEL_KEYS = {
+    "dataset", "model", "partition", "federation", "strategy", "attack", "dp", "engine",
+    "seed", "device", "client", "evaluation", "output", "output_dir",
+}  # fmt: skip
+ADAPTER_KEYS = ("preaggregators", "on_failure")
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot work; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Federation:
+    """Who takes part and for how long (``federation`` group)."""
+
+    num_clients: int = 50
+    clients_per_round: int = 5
+    num_rounds: int = 20
+    round_timeout: float = 600.0
+    connect_timeout: float = 120.0
+
+
+@dataclass(frozen=True)
+class ClientSettings(LocalTraining):
+    """Local training plus the client's execution settings (``client`` section)."""
+
+    channels_last: bool = True
+
+
+def typed_section(section: Any, cls: type, where: str) -> Any:
+    """Build dataclass ``cls`` from a config section, rejecting unknown keys and wrong types."""
+    data = OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) else dict(section)
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in {where}; known keys: {sorted(known)}")
+    out = {}
+    for name, value in data.items():
+        default = getattr(cls(), name)
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where}.{name} must be true or false, got {value!r}")
+        elif isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{where}.{name} must be an integer, got {value!r}")
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{where}.{name} must be a number, got {value!r}")
+            value = float(value)
+        out[name] = value
+    return cls(**out)
+
+
+def check_federation(fed: Federation) -> None:
+    """Raise :class:`ConfigError` for an impossible federation."""
+    if fed.num_clients < 1:
+        raise ConfigError(f"federation.num_clients must be >= 1, got {fed.num_clients}")
+    if not 1 <= fed.clients_per_round <= fed.num_clients:
+        raise ConfigError(
+            f"federation.clients_per_round={fed.clients_per_round} must be between 1 and "
+            f"federation.num_clients={fed.num_clients}; lower clients_per_round or raise num_clients"
+        )
+    if fed.num_rounds < 1:
+        raise ConfigError(f"federation.num_rounds must be >= 1, got {fed.num_rounds}")
+    if fed.round_timeout <= 0 or fed.connect_timeout <= 0:
+        raise ConfigError("federation.round_timeout and connect_timeout must be > 0 seconds")
+
+
+def check_client(client: ClientSettings) -> None:
+    """Raise :class:`ConfigError` for impossible local-training settings."""
+    if not client.lr > 0:
+        raise ConfigError(f"client.lr must be > 0, got {client.lr}; e.g. client.lr=0.001")
+    if not 0 <= client.momentum < 1:
+        raise ConfigError(f"client.momentum must be in [0, 1), got {client.momentum}")
+    if client.weight_decay < 0:
+        raise ConfigError(f"client.weight_decay must be >= 0, got {client.weight_decay}")
+    if client.batch_size < 1:
+        raise ConfigError(f"client.batch_size must be >= 1, got {client.batch_size}")
+    if client.epochs < 1:
+        raise ConfigError(f"client.epochs must be >= 1, got {client.epochs}")
+    if client.lr_step < 0 or not 0 < client.lr_gamma <= 1:
+        raise ConfigError(
+            f"client.lr_step must be >= 0 and client.lr_gamma in (0, 1], got {client.lr_step}, {client.lr_gamma}"
+        )
+
+
+def check_device(device: str) -> None:
+    """Accept ``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(device)):
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+
+
+def instantiate_component(section: Any, where: str, **kwargs: Any) -> Any:
+    """Instantiate a ``_target_`` section, turning any failure into a :class:`ConfigError`."""
+    from hydra.utils import instantiate
+
+    if "_target_" not in section:
+        raise ConfigError(f"{where} has no _target_; pick one of the files in conf/{where}/")
+    target = section["_target_"]
+    try:
+        from hydra.utils import get_object
+
+        obj = get_object(target)
+        accepted = inspect.signature(obj).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+        extra = {k: v for k, v in kwargs.items() if takes_any or k in accepted}
+        return instantiate(section, **extra, _convert_="all")
+    except ConfigError:
+        raise
+    except Exception as err:
+        cause = err.__cause__ or err
+        raise ConfigError(f"{where} ({target}): {cause}") from err
+
+
+def validate(cfg: DictConfig) -> dict[str, Any]:
+    """Check a composed run config completely and return it as a plain dict.
+
+    Raises
+    ------
+    ConfigError
+        On any unknown key, bad value or impossible combination.
+    common.data.DataMissingError
+        When the dataset is not on disk and cannot be downloaded.
+    """
+    from common.data import prepare_dataset, spec_of
+    from strategies.robust import build_rule
+
+    unknown = sorted(set(cfg) - TOP_LEVEL_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown top-level key(s) {unknown}; known: {sorted(TOP_LEVEL_KEYS)}")
+    if not isinstance(cfg.get("seed"), int) or cfg.seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {cfg.get('seed')!r}")
+    check_device(cfg.device)
+    fed = typed_section(cfg.federation, Federation, "federation")
+    check_federation(fed)
+    check_client(typed_section(cfg.client, ClientSettings, "client"))
+    try:
+        spec = spec_of(cfg.dataset.name)
+    except ValueError as err:
+        raise ConfigError(f"dataset.name: {err}") from None
+    if set(cfg.dataset) - {"name", "root"}:
+        raise ConfigError(f"unknown key(s) {sorted(set(cfg.dataset) - {'name', 'root'})} in dataset")
+    if cfg.attack.get("name", "none") != "none":
+        raise ConfigError(f"attack={cfg.attack.name} is not available in this version; use attack=none")
+    if cfg.dp.get("enabled", False):
+        raise ConfigError("dp.enabled=true is not available in this version; use dp=off")
+
+    model = instantiate_component(
+        cfg.model, "model", num_classes=spec.num_classes, in_channels=spec.channels, image_size=spec.size
+    )
+    del model
+    partitioner = instantiate_component(cfg.partition, "partition")
+    rule = build_rule(cfg.strategy)
+    try:
+        rule.check_clients(fed.clients_per_round)
+    except ValueError as err:
+        raise ConfigError(f"strategy: {err} (federation.clients_per_round={fed.clients_per_round})") from None
+    if cfg.strategy.get("on_failure", "raise") not in ("raise", "skip"):
+        raise ConfigError(f"strategy.on_failure must be raise or skip, got {cfg.strategy.on_failure!r}")
+    engine = instantiate_component(cfg.engine, "engine")
+
+    root = prepare_dataset(cfg.dataset.name, cfg.dataset.root)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(resolved, dict)
+    resolved["dataset"]["root"] = str(root)
+    try:
+        from common.data import load_dataset
+
+        labels = load_dataset(cfg.dataset.name, str(root)).train_y.numpy()
+        partitioner(labels, fed.num_clients, int(cfg.seed))
+    except ValueError as err:
+        raise ConfigError(f"partition: {err}") from None
+    del engine
+    return resolved

@@ -1,0 +1,134 @@
+"""Local training and evaluation loops over in-memory tensors.
+
+Local training follows Tolpegin et al. (ESORICS 2020)'s clients: SGD with
+momentum over the client's whole shard for a few epochs, mini-batches drawn by a
+seeded permutation, optionally one optimizer per client kept across its
+participations with a step decay counted per participation. The loop is split so
+that a DP optimizer (Opacus) can wrap the model, the optimizer and the batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from common.data import DatasetSpec, augment_batch, normalize
+
+
+@dataclass(frozen=True)
+class LocalTraining:
+    """Hyper-parameters of a client's local training.
+
+    Attributes
+    ----------
+    lr, momentum, weight_decay : float
+        SGD settings.
+    batch_size, epochs : int
+        Mini-batch size and local epochs over the client's shard.
+    lr_step, lr_gamma : int, float
+        The learning rate is ``lr * lr_gamma ** (participations // lr_step)``
+        (paper A's StepLR counted per participation); ``lr_step = 0`` disables it.
+    keep_optimizer_state : bool
+        Keep each client's momentum buffers across its participations (paper A).
+    """
+
+    lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 4
+    epochs: int = 1
+    lr_step: int = 10
+    lr_gamma: float = 0.1
+    keep_optimizer_state: bool = True
+
+    def lr_at(self, participations: int) -> float:
+        """Learning rate for a client's ``participations``-th participation (0-based)."""
+        if self.lr_step <= 0:
+            return self.lr
+        return self.lr * self.lr_gamma ** (participations // self.lr_step)
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
+    """Yield index batches of one epoch over ``n`` samples in a seeded random order."""
+    order = torch.randperm(n, generator=generator)
+    for start in range(0, n, batch_size):
+        yield order[start : start + batch_size]
+
+
+def prepare_inputs(x: Tensor, spec: DatasetSpec, channels_last: bool) -> Tensor:
+    """Normalise a float batch and give it the model's memory format."""
+    x = normalize(x, spec)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def train_epochs(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: Tensor,
+    y: Tensor,
+    *,
+    spec: DatasetSpec,
+    batch_size: int,
+    epochs: int,
+    generator: torch.Generator,
+    channels_last: bool = False,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy,
+) -> dict[str, float]:
+    """Train ``model`` in place on ``(x, y)`` (float images in [0, 1], already on the device).
+
+    Returns the mean training loss and the number of optimizer steps.
+    """
+    model.train()
+    total, steps, seen = 0.0, 0, 0
+    loss_sum = torch.zeros((), device=x.device)
+    for _ in range(epochs):
+        for idx in batches(len(y), batch_size, generator):
+            idx = idx.to(x.device)
+            xb = x[idx]
+            if spec.augment:
+                xb = augment_batch(xb, generator)
+            xb = prepare_inputs(xb, spec, channels_last)
+            yb = y[idx]
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(xb), yb)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(idx)
+            seen += len(idx)
+            steps += 1
+    total = float(loss_sum) / max(seen, 1)
+    return {"train_loss": total, "steps": float(steps)}
+
+
+@torch.inference_mode()
+def confusion_matrix(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    spec: DatasetSpec,
+    batch_size: int = 2000,
+    channels_last: bool = False,
+    device: torch.device | str = "cpu",
+) -> tuple[Tensor, float]:
+    """Confusion matrix (rows: true class, columns: predicted) and mean cross-entropy.
+
+    ``x`` holds ``uint8`` or float images; evaluation runs in large batches
+    under ``torch.inference_mode``.
+    """
+    model.eval()
+    k = spec.num_classes
+    cm = torch.zeros(k * k, dtype=torch.long, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    for start in range(0, len(y), batch_size):
+        xb = x[start : start + batch_size].to(device, non_blocking=True)
+        if xb.dtype == torch.uint8:
+            xb = xb.to(torch.float32).div_(255.0)
+        yb = y[start : start + batch_size].to(device, non_blocking=True)
+        logits = model(prepare_inputs(xb, spec, channels_last))
+        loss_sum += nn.functional.cross_entropy(logits, yb, reduction="sum").double()
+        cm += torch.bincount(yb * k + logits.argmax(1), minlength=k * k)
+    return cm.view(k, k).cpu(), float(loss_sum) / max(len(y), 1)

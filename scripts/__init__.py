@@ -1,0 +1,1 @@
+"""poisonlab's command-line entry points."""

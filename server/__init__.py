@@ -1,0 +1,1 @@
+"""poisonlab's server side: the ServerApp, central evaluation, run outputs, engines."""

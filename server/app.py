@@ -1,0 +1,194 @@
+"""The poisonlab ServerApp (Flower Message API).
+
+One run: enrol the SuperNodes (which client id each serves), build the global
+model and the strategy (a rule inside ``RobustStrategy``), then run
+``strategy.start`` with central evaluation of the global model after every
+round, appending one line per round to ``metrics.jsonl``. At the end it writes
+``summary.json`` and the plots.
+
+Deployments load ``server.app:app``, which reads the resolved config from the
+Flower run config (key ``poisonlab-config``); the simulation engine builds the
+same app around the config with :func:`build_server_app`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from common.params import ModelCodec
+from common.partition import class_counts
+from common.runtime import (
+    CONFIG_KEY,
+    build_model,
+    dataset_of,
+    generator,
+    partitions,
+    resolve_device,
+    uses_channels_last,
+)
+from common.training import confusion_matrix
+from server.evaluate import metrics_from_confusion
+from server.results import RunRecorder, write_plots, write_summary
+from strategies.robust import RobustStrategy, build_rule
+
+log = logging.getLogger("poisonlab")
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Deployment entry point: the resolved config comes as Flower run config."""
+    if CONFIG_KEY not in context.run_config:
+        raise RuntimeError(
+            f"run config has no {CONFIG_KEY!r}: submit runs with `poisonlab engine=deployment` "
+            "(or flwr run --run-config with the resolved poisonlab config)"
+        )
+    run_federation(grid, json.loads(str(context.run_config[CONFIG_KEY])))
+
+
+def build_server_app(cfg: dict[str, Any]) -> ServerApp:
+    """A ServerApp bound to ``cfg`` (used by the simulation engine, in-process)."""
+    bound = ServerApp()
+
+    @bound.main()
+    def _main(grid: Grid, context: Context) -> None:
+        run_federation(grid, cfg)
+
+    return bound
+
+
+def enrol_clients(grid: Grid, num_clients: int, timeout: float) -> dict[int, int]:
+    """Wait for ``num_clients`` SuperNodes and learn which client id each one serves.
+
+    Returns client id -> node id. Fails if a SuperNode is missing, a partition
+    id is claimed twice or out of range, or the node config disagrees with the
+    run's ``federation.num_clients``.
+    """
+    deadline = time.monotonic() + timeout
+    while len(nodes := list(grid.get_node_ids())) < num_clients:
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"only {len(nodes)} of federation.num_clients={num_clients} SuperNodes connected "
+                f"within {timeout:.0f}s (federation.connect_timeout)"
+            )
+        time.sleep(0.5)
+    query = RecordDict({"config": ConfigRecord({"ask": "enrolment"})})
+    replies = grid.send_and_receive(
+        [Message(query, message_type=MessageType.QUERY, dst_node_id=n) for n in nodes], timeout=timeout
+    )
+    node_of: dict[int, int] = {}
+    for reply in replies:
+        if reply.has_error():
+            raise RuntimeError(f"SuperNode {reply.metadata.src_node_id} failed to enrol: {reply.error.reason}")
+        info = reply.content["enrolment"]
+        cid, claimed_n = int(info["partition-id"]), int(info["num-partitions"])
+        if claimed_n not in (-1, num_clients) or not 0 <= cid < num_clients:
+            raise RuntimeError(
+                f"SuperNode {reply.metadata.src_node_id} has partition-id={cid}, num-partitions={claimed_n}, "
+                f"but the run has federation.num_clients={num_clients}"
+            )
+        if cid in node_of:
+            raise RuntimeError(f"partition-id={cid} is claimed by two SuperNodes")
+        node_of[cid] = reply.metadata.src_node_id
+    if len(node_of) != num_clients:
+        missing = sorted(set(range(num_clients)) - set(node_of))
+        raise RuntimeError(f"no SuperNode enrolled for client ids {missing[:20]}")
+    return node_of
+
+
+def uniform_sampler(num_clients: int, per_round: int, seed: int):
+    """Sample ``per_round`` distinct client ids uniformly each round (seeded)."""
+
+    def sample(server_round: int) -> list[int]:
+        gen = generator(seed, server_round, 2)
+        return sorted(torch.randperm(num_clients, generator=gen)[:per_round].tolist())
+
+    return sample
+
+
+def write_partition_summary(out_dir: Path, cfg: dict[str, Any]) -> list[int]:
+    """Per-client class counts of the partition; returns each client's size."""
+    data = dataset_of(cfg)
+    parts = partitions(cfg)
+    counts = class_counts(data.train_y.numpy(), parts, data.spec.num_classes)
+    sizes = [int(len(p)) for p in parts]
+    (out_dir / "partition.json").write_text(
+        json.dumps({"sizes": sizes, "class_counts": counts.tolist()}, separators=(",", ":")) + "\n"
+    )
+    return sizes
+
+
+def run_federation(grid: Grid, cfg: dict[str, Any]) -> None:
+    """Run one configured federation on ``grid`` and write its outputs."""
+    out_dir = Path(cfg["output_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    seed = int(cfg["seed"])
+    fed = cfg["federation"]
+    random.seed(seed)
+    np.random.seed(seed)
+
+    device = resolve_device(cfg["device"])
+    data = dataset_of(cfg)
+    model = build_model(cfg, seed=seed)
+    initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    channels_last = uses_channels_last(model, cfg)
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    codec = ModelCodec.of(initial_state)
+    sizes = write_partition_summary(out_dir, cfg)
+
+    node_of = enrol_clients(grid, int(fed["num_clients"]), float(fed["connect_timeout"]))
+    strategy = RobustStrategy(
+        rule=build_rule(cfg["strategy"]),
+        codec=codec,
+        node_of=node_of,
+        sample=uniform_sampler(int(fed["num_clients"]), int(fed["clients_per_round"]), seed),
+        partition_sizes=sizes,
+        train_config={CONFIG_KEY: json.dumps(cfg)},
+        on_failure=cfg["strategy"].get("on_failure", "raise"),
+        generator=generator(seed, 3),
+    )
+    recorder = RunRecorder(out_dir, int(fed["num_rounds"]))
+    test_x, test_y = data.test_x.to(device), data.test_y.to(device)
+    final: dict[str, Any] = {"state": initial_state}
+
+    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        final["state"] = arrays.to_torch_state_dict()
+        model.load_state_dict(final["state"])
+        cm, loss = confusion_matrix(
+            model,
+            test_x,
+            test_y,
+            spec=data.spec,
+            batch_size=int(cfg["evaluation"]["batch_size"]),
+            channels_last=channels_last,
+            device=device,
+        )
+        line = {"round": server_round, **metrics_from_confusion(cm), "loss": loss}
+        if server_round > 0:
+            line.update(strategy.last.as_metrics())
+        recorder.record(line)
+        return MetricRecord({"accuracy": line["accuracy"], "loss": loss})
+
+    strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(initial_state),
+        num_rounds=int(fed["num_rounds"]),
+        timeout=float(fed["round_timeout"]),
+        evaluate_fn=evaluate,
+    )
+    torch.save(final["state"], out_dir / "final_model.pt")
+    write_summary(out_dir, {"num_clients": fed["num_clients"], "clients_per_round": fed["clients_per_round"]})
+    if cfg["output"].get("plots", True):
+        write_plots(out_dir)

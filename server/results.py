@@ -1,0 +1,131 @@
+"""The outputs of one run: ``metrics.jsonl``, ``summary.json``, plots, console progress.
+
+Every round appends one JSON line and flushes it, so a run that dies later keeps
+every round it finished; ``summary.json`` and the plots are written at the end
+(and can be rebuilt from ``metrics.jsonl`` with :func:`write_summary` and
+:func:`write_plots`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+
+
+class RunRecorder:
+    """Append one line per round and print a progress line.
+
+    Parameters
+    ----------
+    out_dir : Path
+        The run folder (Hydra's output directory).
+    num_rounds : int
+        For the ETA on the console.
+    """
+
+    def __init__(self, out_dir: Path, num_rounds: int) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.out_dir / METRICS_FILE
+        self.path.write_text("")
+        self.num_rounds = num_rounds
+        self.started = time.perf_counter()
+        self.last = self.started
+        self.round_seconds: list[float] = []
+
+    def record(self, line: dict[str, Any]) -> dict[str, Any]:
+        """Stamp the round's wall time on ``line``, append it and print progress."""
+        now = time.perf_counter()
+        seconds = now - self.last
+        self.last = now
+        line = {"round": line.pop("round"), "seconds": round(seconds, 4), **line}
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(line) + "\n")
+        if line["round"] > 0:
+            self.round_seconds.append(seconds)
+            done = len(self.round_seconds)
+            recent = self.round_seconds[-5:]
+            eta = (self.num_rounds - done) * sum(recent) / len(recent)
+            print(
+                f"[poisonlab] round {line['round']:>4}/{self.num_rounds}  acc {line['accuracy']:.4f}  "
+                f"loss {line['loss']:.4f}  {seconds:6.2f}s  ETA {eta:6.0f}s",
+                flush=True,
+            )
+        else:
+            print(f"[poisonlab] round    0 (initial model)  acc {line['accuracy']:.4f}", flush=True)
+        return line
+
+
+def read_metrics(out_dir: Path) -> list[dict[str, Any]]:
+    """All lines of a run's ``metrics.jsonl``."""
+    path = Path(out_dir) / METRICS_FILE
+    return [json.loads(row) for row in path.read_text().splitlines() if row.strip()]
+
+
+def write_summary(out_dir: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Summarise ``metrics.jsonl`` into ``summary.json`` and return it."""
+    rows = [r for r in read_metrics(out_dir) if r["round"] > 0]
+    if not rows:
+        summary: dict[str, Any] = {"rounds_completed": 0}
+    else:
+        best = max(rows, key=lambda r: r["accuracy"])
+        last10 = rows[-10:]
+        timed = [r["seconds"] for r in rows[1:]] or [rows[0]["seconds"]]
+        summary = {
+            "rounds_completed": len(rows),
+            "final_accuracy": rows[-1]["accuracy"],
+            "final_loss": rows[-1]["loss"],
+            "best_accuracy": best["accuracy"],
+            "best_round": best["round"],
+            "mean_accuracy_last10": sum(r["accuracy"] for r in last10) / len(last10),
+            "final_per_class_recall": rows[-1]["per_class_recall"],
+            "seconds_per_round_median": sorted(timed)[len(timed) // 2],
+            "total_seconds": sum(r["seconds"] for r in read_metrics(out_dir)),
+        }
+    summary.update(extra or {})
+    (Path(out_dir) / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def write_plots(out_dir: Path) -> list[Path]:
+    """Accuracy / loss per round and per-class recall per round, as PNG files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(out_dir)
+    if not rows:
+        return []
+    rounds = [r["round"] for r in rows]
+    paths = []
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(rounds, [r["accuracy"] for r in rows], marker=".")
+    ax1.set(xlabel="round", ylabel="test accuracy", title="Global model accuracy", ylim=(0, 1))
+    ax1.grid(alpha=0.3)
+    ax2.plot(rounds, [r["loss"] for r in rows], marker=".", color="tab:red")
+    ax2.set(xlabel="round", ylabel="test loss", title="Global model loss")
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    paths.append(Path(out_dir) / "accuracy_loss.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    recalls = [r["per_class_recall"] for r in rows]
+    for c in range(len(recalls[0])):
+        ax.plot(rounds, [rec[c] for rec in recalls], label=f"class {c}")
+    ax.set(xlabel="round", ylabel="recall", title="Per-class recall", ylim=(0, 1.02))
+    ax.legend(ncol=2, fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    paths.append(Path(out_dir) / "per_class_recall.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths

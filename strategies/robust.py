@@ -1,0 +1,246 @@
+"""The one Flower strategy around any aggregation rule.
+
+``RobustStrategy`` turns the round's replies into update deltas (local model
+minus global model, flattened), rejects replies that cannot be trusted (errors,
+wrong tensor names, shapes or dtypes, NaN/Inf), runs the configured rule (with
+its pre-aggregators) and applies the aggregated delta to the global model. It
+records every round's decision (selected, flagged, rejected and failed clients,
+weights) for the harness, which scores it against the truth; the strategy itself
+never learns who is malicious.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from torch import Tensor
+
+from common.params import ModelCodec, UpdateRejected, finite_or_raise
+from strategies.rules.base import RoundContext, RuleConfigError
+
+log = logging.getLogger("poisonlab")
+
+UpdateHook = Callable[[int, list[int], Tensor], Tensor]
+
+
+def build_rule(section: Any) -> Any:
+    """Instantiate the rule of a ``strategy`` config section, with its pre-aggregators.
+
+    The adapter options (``preaggregators``, ``on_failure``) are taken out
+    before the rule's own keyword-only hyper-parameters are passed to it.
+    """
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from common.config import ADAPTER_KEYS, ConfigError, instantiate_component
+
+    data = OmegaConf.to_container(section, resolve=True) if not isinstance(section, dict) else dict(section)
+    pre = data.get("preaggregators") or []
+    rule = instantiate_component({k: v for k, v in data.items() if k not in ADAPTER_KEYS}, "strategy")
+    if not pre:
+        return rule
+    try:
+        from strategies.rules.preaggregators import Composed
+
+        return Composed(rule, preaggregators=[instantiate(p, _convert_="all") for p in pre])
+    except Exception as err:
+        raise ConfigError(f"strategy.preaggregators: {err}") from err
+
+
+@dataclass
+class RoundRecord:
+    """What happened to one round's replies (client ids, not node ids)."""
+
+    sampled: list[int] = field(default_factory=list)
+    replied: list[int] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)
+    rejected: dict[int, str] = field(default_factory=dict)
+    selected: list[int] = field(default_factory=list)
+    flagged: list[int] = field(default_factory=list)
+    weights: dict[int, float] = field(default_factory=dict)
+    skipped: str | None = None
+    train_loss: float | None = None
+    info: dict[str, float] = field(default_factory=dict)
+
+    def as_metrics(self) -> dict[str, Any]:
+        """The fields that go into ``metrics.jsonl``."""
+        return {
+            "sampled": self.sampled,
+            "selected": self.selected,
+            "flagged": sorted(set(self.flagged) | set(self.rejected)),
+            "rejected": {str(k): v for k, v in self.rejected.items()},
+            "failed": {str(k): v for k, v in self.failed.items()},
+            "skipped": self.skipped,
+            "train_loss": self.train_loss,
+            "aggregation": self.info,
+        }
+
+
+class RobustStrategy(Strategy):
+    """Any aggregation rule as a Flower strategy (Message API).
+
+    Parameters
+    ----------
+    rule : callable
+        ``rule(deltas, RoundContext) -> Aggregate`` (see ``strategies.rules.base``).
+    codec : ModelCodec
+        Layout of the global model, used to flatten and to check replies.
+    node_of : dict
+        Client id (partition id) -> Flower node id, from the enrollment handshake.
+    sample : callable
+        ``sample(server_round) -> list of client ids`` to train this round.
+    partition_sizes : list of int
+        Examples per client, as the server computed them (weights for weighted rules).
+    train_config : dict
+        Scalars sent to every client with the model (the run config among them).
+    on_failure : {"raise", "skip"}
+        What to do when a round cannot satisfy the rule (e.g. too few valid replies).
+    update_hook : callable, optional
+        ``hook(server_round, client_ids, deltas) -> deltas``, applied before the rule
+        (the simulation's omniscient colluding attackers).
+    generator : torch.Generator, optional
+        Randomness for noise-adding rules.
+    """
+
+    def __init__(
+        self,
+        *,
+        rule: Callable[..., Any],
+        codec: ModelCodec,
+        node_of: dict[int, int],
+        sample: Callable[[int], list[int]],
+        partition_sizes: list[int],
+        train_config: dict[str, Any],
+        on_failure: str = "raise",
+        update_hook: UpdateHook | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        self.rule = rule
+        self.codec = codec
+        self.node_of = node_of
+        self.client_of = {node: cid for cid, node in node_of.items()}
+        self.sample = sample
+        self.partition_sizes = partition_sizes
+        self.train_config = train_config
+        self.on_failure = on_failure
+        self.update_hook = update_hook
+        self.generator = generator
+        self.global_state: dict[str, Tensor] | None = None
+        self.last: RoundRecord = RoundRecord()
+
+    def summary(self) -> None:
+        log.info("RobustStrategy: rule=%s, on_failure=%s", type(self.rule).__name__, self.on_failure)
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Send the global model to the round's clients, chosen by ``sample``."""
+        self.global_state = arrays.to_torch_state_dict()
+        clients = self.sample(server_round)
+        self.last = RoundRecord(sampled=list(clients))
+        payload = ConfigRecord({**self.train_config, **dict(config), "server-round": server_round})
+        record = RecordDict({"arrays": arrays, "config": payload})
+        return [Message(content=record, message_type=MessageType.TRAIN, dst_node_id=self.node_of[c]) for c in clients]
+
+    def _decode(self, msg: Message, global_vec: Tensor) -> tuple[Tensor, list[Tensor], float | None]:
+        content = msg.content
+        if "arrays" not in content:
+            raise UpdateRejected("reply carries no 'arrays' record")
+        state = content["arrays"].to_torch_state_dict()
+        self.codec.check(state)
+        vec = self.codec.to_vector(state)
+        finite_or_raise(vec)
+        loss = None
+        if "metrics" in content and "train-loss" in content["metrics"]:
+            loss = float(content["metrics"]["train-loss"])
+        return vec - global_vec, self.codec.ints(state), loss
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Check the replies, run the rule, return the new global model."""
+        assert self.global_state is not None, "configure_train must run first"
+        rec = self.last
+        global_vec = self.codec.to_vector(self.global_state)
+        ids: list[int] = []
+        deltas: list[Tensor] = []
+        ints: list[list[Tensor]] = []
+        losses: list[float] = []
+        for msg in replies:
+            cid = self.client_of.get(msg.metadata.src_node_id, -1)
+            if msg.has_error():
+                rec.failed[cid] = str(msg.error.reason)
+                log.warning("round %d: client %d failed: %s", server_round, cid, msg.error.reason)
+                continue
+            rec.replied.append(cid)
+            try:
+                delta, client_ints, loss = self._decode(msg, global_vec)
+            except (UpdateRejected, KeyError, TypeError, ValueError) as err:
+                rec.rejected[cid] = str(err)
+                log.warning("round %d: rejected the update of client %d: %s", server_round, cid, err)
+                continue
+            ids.append(cid)
+            deltas.append(delta)
+            ints.append(client_ints)
+            if loss is not None:
+                losses.append(loss)
+        missing = set(rec.sampled) - set(rec.replied) - set(rec.failed)
+        for cid in sorted(missing):
+            rec.failed[cid] = "no reply before the round timeout"
+        rec.train_loss = sum(losses) / len(losses) if losses else None
+        order = sorted(range(len(ids)), key=ids.__getitem__)
+        ids = [ids[i] for i in order]
+        deltas = [deltas[i] for i in order]
+        ints = [ints[i] for i in order]
+        try:
+            self.rule.check_clients(len(ids))
+        except RuleConfigError as err:
+            return self._cannot_aggregate(server_round, f"{len(ids)} valid replies: {err}")
+        matrix = torch.stack(deltas)
+        if self.update_hook is not None:
+            matrix = self.update_hook(server_round, ids, matrix)
+        sizes = torch.tensor([float(self.partition_sizes[c]) for c in ids])
+        context = RoundContext(
+            server_round=server_round,
+            weights=sizes / sizes.sum(),
+            layout=self.codec.layout,
+            global_vector=global_vec,
+            generator=self.generator,
+        )
+        if hasattr(context, "client_ids"):
+            context.client_ids = ids
+        result = self.rule(matrix, context)
+        finite_or_raise(result.vector)
+        rec.selected = [ids[i] for i in result.selected.tolist()]
+        rec.flagged = [ids[i] for i in result.flagged.tolist()]
+        rec.weights = {ids[i]: float(w) for i, w in enumerate(result.weights.tolist())}
+        rec.info = {k: float(v) for k, v in result.info.items()}
+        kept = [ints[i] for i in result.selected.tolist()] or ints
+        new_state = self.codec.to_state(global_vec + result.vector, ModelCodec.combine_ints(kept))
+        return ArrayRecord(new_state), MetricRecord({"num-valid": len(ids)})
+
+    def _cannot_aggregate(self, server_round: int, reason: str) -> tuple[ArrayRecord | None, None]:
+        if self.on_failure == "skip":
+            self.last.skipped = reason
+            log.warning("round %d skipped (strategy.on_failure=skip): %s", server_round, reason)
+            return None, None
+        raise RuntimeError(
+            f"round {server_round}: the aggregation rule cannot run with {reason}. "
+            "Set strategy.on_failure=skip to skip such rounds instead."
+        )
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """No federated evaluation: the server evaluates centrally."""
+        return []
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return None
