@@ -1,0 +1,79 @@
+"""Configuration errors fail in validation, before any data, Ray or Flower process starts."""
+
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_module
+
+from common.config import ConfigError, validate
+from common.data import DataMissingError
+
+
+def composed(*overrides: str):
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def test_default_config_validates(fmnist_root):
+    resolved = validate(composed())
+    assert resolved["federation"] == {
+        "num_clients": 50, "clients_per_round": 5, "num_rounds": 20, "round_timeout": 600, "connect_timeout": 120
+    }  # fmt: skip
+    assert resolved["client"]["batch_size"] == 4 and resolved["client"]["lr"] == 0.001
+    assert resolved["dataset"]["root"] == fmnist_root
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["federation.clients_per_round=60"], "clients_per_round=60 must be between 1 and federation.num_clients=50"),
+        (["client.lr=-0.1"], "client.lr must be > 0, got -0.1"),
+        (["client.batch_size=0"], "client.batch_size must be >= 1, got 0"),
+        (["dataset.name=imagenet"], "unknown dataset 'imagenet'; known datasets: ['cifar10', 'fashion_mnist', 'mnist']"),
+        (["+federation.num_client=3"], "unknown key(s) ['num_client'] in federation"),
+        (["+foo=1"], "unknown top-level key(s) ['foo']"),
+        (["device=gpu"], "device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+        (["strategy.weighted=maybe"], "weighted must be true or false, got 'maybe'"),
+        (["strategy.on_failure=ignore"], "strategy.on_failure must be raise or skip"),
+        (["engine.client_cpus=0"], "engine.client_cpus must be > 0, got 0"),
+        (["partition=dirichlet", "partition.alpha=0"], "partition.alpha must be > 0, got 0"),
+        (["partition.samples_per_client=5000"], "exceeds the 60000 training samples"),
+    ],
+)
+def test_bad_values_are_named_in_the_error(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        validate(composed(*overrides))
+    assert message in str(err.value)
+
+
+def test_missing_data_offline_names_the_expected_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with pytest.raises(DataMissingError) as err:
+        validate(composed(f"dataset.root={tmp_path / 'empty'}"))
+    text = str(err.value)
+    assert "dataset 'fashion_mnist' not found" in text
+    assert str(tmp_path / "empty" / "FashionMNIST" / "raw" / "train-images-idx3-ubyte.gz") in text
+    assert "POISONLAB_DATA" in text
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "scripts.run", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_cli_unknown_group_option_lists_the_available_ones(tmp_path):
+    out = run_cli("strategy=no_such_rule", f"hydra.run.dir={tmp_path}")
+    assert out.returncode != 0
+    assert "Could not find 'strategy/no_such_rule'" in out.stderr
+    assert "Available options in 'strategy'" in out.stderr and "fedavg" in out.stderr
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_cli_bad_value_exits_2_before_ray_starts(tmp_path):
+    out = run_cli("federation.clients_per_round=51", f"hydra.run.dir={tmp_path}")
+    assert out.returncode == 2
+    assert "configuration error: federation.clients_per_round=51" in out.stderr
+    assert "Ray" not in out.stdout + out.stderr and "run folder" not in out.stdout
+    assert not (tmp_path / "metrics.jsonl").exists()
