@@ -15,8 +15,8 @@ The data root is resolved in this order:
 4. the user cache (``$XDG_CACHE_HOME/poisonlab/data``, default
    ``~/.cache/poisonlab/data``), the only place where a download is attempted.
 
-Read-only roots are never written to: archives found there are copied into the
-user cache and extracted there.
+Only the user cache is ever written to: archives found in another root (such as
+the read-only ``../shared/data``) are copied into the cache and extracted there.
 """
 
 from __future__ import annotations
@@ -157,49 +157,54 @@ def _torchvision_class(name: str):
 
 
 def _prepare_mnist_like(name: str, root: Path, spec: DatasetSpec, download: bool) -> Path:
-    """Make ``root`` (or a cache copy of it) hold extracted, MD5-checked files."""
+    """Return a root holding extracted, MD5-checked files, extracting into the user cache if needed."""
     if _has(root, spec, extracted=True):
         return root
-    target = root
-    if _has(root, spec, extracted=False) and not os.access(root / spec.folder / "raw", os.W_OK):
-        target = user_cache_root()
-        raw = target / spec.folder / "raw"
+    cache = user_cache_root()
+    if _has(cache, spec, extracted=True):
+        return cache
+    if _has(root, spec, extracted=False) and root != cache:
+        raw = cache / spec.folder / "raw"
         raw.mkdir(parents=True, exist_ok=True)
         for f in spec.files:
             if not (raw / Path(f).name).exists():
-                shutil.copy2(root / spec.folder / f, raw / Path(f).name)
+                shutil.copyfile(root / spec.folder / f, raw / Path(f).name)
     elif not _has(root, spec, extracted=False) and not download:
         raise _missing(name, spec, root)
     try:
-        # Finds the archives already present, checks their MD5, extracts them;
-        # it only reaches the network when they are absent (download allowed).
-        _torchvision_class(name)(root=str(target), train=True, download=True)
+        # Finds the archives already in the cache, checks their MD5 and extracts them
+        # there; it only reaches the network when they are absent (download allowed).
+        _torchvision_class(name)(root=str(cache), train=True, download=True)
     except Exception as err:  # network failure, bad MD5, ...
         raise _missing(name, spec, root, err) from err
-    return target
+    return cache
 
 
 def _prepare_cifar10(root: Path, spec: DatasetSpec, download: bool) -> Path:
+    """Return a root holding the extracted CIFAR-10 batches, extracting into the user cache if needed."""
     if _has(root, spec, extracted=True):
         return root
+    cache = user_cache_root()
+    if _has(cache, spec, extracted=True):
+        return cache
     archive = root / "cifar-10-python.tar.gz"
     if not archive.is_file() and not download:
         raise _missing("cifar10", spec, root)
-    target = root if os.access(root if root.exists() else root.parent, os.W_OK) else user_cache_root()
     try:
         from torchvision.datasets.utils import download_and_extract_archive, extract_archive
 
+        cache.mkdir(parents=True, exist_ok=True)
         if archive.is_file():
-            extract_archive(str(archive), str(target))
+            extract_archive(str(archive), str(cache))
         else:
             download_and_extract_archive(
                 "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-                download_root=str(target),
+                download_root=str(cache),
                 md5="c58f30108f718f92721af3b95e74349a",
             )
     except Exception as err:
         raise _missing("cifar10", spec, root, err) from err
-    return target
+    return cache
 
 
 def _missing(name: str, spec: DatasetSpec, root: Path, err: Exception | None = None) -> DataMissingError:
@@ -222,7 +227,8 @@ def prepare_dataset(name: str, configured_root: str | None = None) -> Path:
     spec = spec_of(name)
     roots = candidate_roots(configured_root)
     for root, _ in roots:
-        if _has(root, spec, extracted=True) or _has(root, spec, extracted=False):
+        archive = root / "cifar-10-python.tar.gz" if name == "cifar10" else None
+        if _has(root, spec, extracted=True) or _has(root, spec, extracted=False) or (archive and archive.is_file()):
             return _prepare(name, root, spec, download=False)
     root, download = roots[-1]
     if not download:

@@ -30,7 +30,10 @@ def test_default_config_validates(fmnist_root):
         (["federation.clients_per_round=60"], "clients_per_round=60 must be between 1 and federation.num_clients=50"),
         (["client.lr=-0.1"], "client.lr must be > 0, got -0.1"),
         (["client.batch_size=0"], "client.batch_size must be >= 1, got 0"),
-        (["dataset.name=imagenet"], "unknown dataset 'imagenet'; known datasets: ['cifar10', 'fashion_mnist', 'mnist']"),
+        (
+            ["dataset.name=imagenet"],
+            "unknown dataset 'imagenet'; known datasets: ['cifar10', 'fashion_mnist', 'mnist']",
+        ),
         (["+federation.num_client=3"], "unknown key(s) ['num_client'] in federation"),
         (["+foo=1"], "unknown top-level key(s) ['foo']"),
         (["device=gpu"], "device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
@@ -58,9 +61,7 @@ def test_missing_data_offline_names_the_expected_files(tmp_path, monkeypatch):
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "scripts.run", *args], capture_output=True, text=True, timeout=timeout
-    )
+    return subprocess.run([sys.executable, "-m", "scripts.run", *args], capture_output=True, text=True, timeout=timeout)
 
 
 def test_cli_unknown_group_option_lists_the_available_ones(tmp_path):

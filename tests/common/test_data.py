@@ -39,7 +39,9 @@ def test_archives_in_a_foreign_root_are_extracted_into_the_cache_only(shared_dat
     data = load_dataset("mnist", str(root))
     assert data.train_x.shape == (60000, 1, 28, 28) and data.train_x.dtype == torch.uint8
     assert data.test_x.shape == (10000, 1, 28, 28)
-    assert torch.equal(torch.bincount(data.test_y), torch.tensor([980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]))
+    assert torch.equal(
+        torch.bincount(data.test_y), torch.tensor([980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009])
+    )
 
 
 def test_real_fashion_mnist_has_its_known_class_balance(fmnist_root):

@@ -1,0 +1,97 @@
+"""Real small federations end to end: Flower's Ray simulation and a real deployment.
+
+The deployment starts a SuperLink and three SuperNodes as separate processes on
+loopback. With the same seed, both engines must produce the very same global
+models (one torch thread per client, deterministic sampling and aggregation).
+"""
+
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+
+SMALL = [
+    "federation.num_clients=3",
+    "federation.clients_per_round=2",
+    "federation.num_rounds=2",
+    "partition.samples_per_client=400",
+    "client.batch_size=10",
+    "seed=3",
+]
+
+
+def run_cli(*args: str, timeout: float = 400) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "-m", "scripts.run", *args], capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
+
+
+def read_lines(folder):
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def free_port_block(size: int) -> int:
+    for base in range(21000, 40000, 97):
+        ok = True
+        for port in range(base, base + size):
+            with socket.socket() as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    pytest.skip("no free loopback ports")
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory, fmnist_root):
+    folder = tmp_path_factory.mktemp("sim")
+    out = run_cli(*SMALL, f"hydra.run.dir={folder}")
+    return folder, out
+
+
+def test_simulation_writes_the_run_folder(simulated):
+    folder, out = simulated
+    lines = read_lines(folder)
+    assert [line["round"] for line in lines] == [0, 1, 2]
+    for line in lines:
+        assert {"round", "accuracy", "loss", "per_class_recall", "per_class_precision", "seconds"} <= set(line)
+        assert len(line["per_class_recall"]) == 10 and line["seconds"] > 0
+    assert lines[0]["accuracy"] < 0.3 < 0.6 < lines[2]["accuracy"], [line["accuracy"] for line in lines]
+    assert lines[2]["loss"] < lines[0]["loss"]
+    for line in lines[1:]:
+        assert len(line["sampled"]) == 2 and line["selected"] == line["sampled"] and line["flagged"] == []
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["final_accuracy"] == lines[2]["accuracy"]
+    assert summary["best_accuracy"] == max(line["accuracy"] for line in lines[1:])
+    assert json.loads((folder / "partition.json").read_text())["sizes"] == [400, 400, 400]
+    assert json.loads((folder / "config.json").read_text())["seed"] == 3
+    for png in ("accuracy_loss.png", "per_class_recall.png"):
+        assert (folder / png).stat().st_size > 10_000
+    assert (folder / ".hydra" / "config.yaml").exists()
+    assert "round    2/2" in out.stdout and "ETA" in out.stdout
+
+
+def test_deployment_with_three_supernodes_matches_the_simulation(simulated, tmp_path):
+    sim_folder, _ = simulated
+    base = free_port_block(4)
+    out = run_cli(*SMALL, "engine=deployment", f"engine.base_port={base}", f"hydra.run.dir={tmp_path}")
+    assert "3 SuperNodes" in out.stdout
+    deployed, simulated_lines = read_lines(tmp_path), read_lines(sim_folder)
+    assert [line["round"] for line in deployed] == [0, 1, 2]
+    assert [line["sampled"] for line in deployed[1:]] == [line["sampled"] for line in simulated_lines[1:]]
+    for a, b in zip(deployed, simulated_lines, strict=True):
+        assert a["accuracy"] == pytest.approx(b["accuracy"], abs=2e-3)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-2)
+    logs = sorted(p.name for p in (tmp_path / "deployment").glob("*.log"))
+    assert logs == ["superlink.log", "supernode-0.log", "supernode-1.log", "supernode-2.log"]
+    assert (tmp_path / "summary.json").exists()
+    # everything was shut down: nothing listens on the deployment's ports any more
+    for port in range(base, base + 4):
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still served"
