@@ -37,8 +37,7 @@ from attacks.threat import _is_int
 def _check_honest(honest: Tensor) -> tuple[int, int]:
     if not isinstance(honest, Tensor) or honest.ndim != 2 or not torch.is_floating_point(honest):
         raise ValueError(
-            "honest updates must be a floating-point (h, d) matrix, got "
-            f"{getattr(honest, 'shape', type(honest))!r}"
+            f"honest updates must be a floating-point (h, d) matrix, got {getattr(honest, 'shape', type(honest))!r}"
         )
     if honest.shape[0] == 0:
         raise ValueError("colluding attacks need at least one honest update (h=0 this round)")
@@ -203,16 +202,13 @@ class _AgrAgnostic:
         owner = type(self).__name__
         if perturbation not in ("unit_vec", "std", "sign"):
             raise ValueError(
-                f"{owner}: perturbation must be 'unit_vec', 'std' or 'sign', "
-                f"got perturbation={perturbation!r}"
+                f"{owner}: perturbation must be 'unit_vec', 'std' or 'sign', got perturbation={perturbation!r}"
             )
         self.perturbation = perturbation
         self.gamma_init = _finite(owner, "gamma_init", gamma_init)
         self.tau = _finite(owner, "tau", tau)
         if self.tau >= self.gamma_init:
-            raise ValueError(
-                f"{owner}: tau must be smaller than gamma_init, got tau={tau}, gamma_init={gamma_init}"
-            )
+            raise ValueError(f"{owner}: tau must be smaller than gamma_init, got tau={tau}, gamma_init={gamma_init}")
 
     def perturbation_vector(self, honest: Tensor) -> Tensor:
         """The paper's perturbation ``p`` (pointing away from the honest direction).
@@ -311,9 +307,7 @@ class MinSum(_AgrAgnostic):
     ) -> None:
         super().__init__(perturbation=perturbation, gamma_init=gamma_init, tau=tau)
         if bound not in ("max", "min"):
-            raise ValueError(
-                f"MinSum: bound must be 'max' (paper) or 'min' (authors' code), got bound={bound!r}"
-            )
+            raise ValueError(f"MinSum: bound must be 'max' (paper) or 'min' (authors' code), got bound={bound!r}")
         self.bound = bound
 
     def _ok(self, a: Tensor, b: Tensor, c: float, pairwise: Tensor) -> Callable[[float], bool]:

@@ -147,9 +147,7 @@ class UntargetedLabelFlip:
         if not _is_int(num_classes) or num_classes < 2:
             raise ValueError(f"UntargetedLabelFlip: num_classes must be an integer >= 2, got {num_classes!r}")
         if mode not in ("random", "permutation"):
-            raise ValueError(
-                f"UntargetedLabelFlip: mode must be 'random' or 'permutation', got mode={mode!r}"
-            )
+            raise ValueError(f"UntargetedLabelFlip: mode must be 'random' or 'permutation', got mode={mode!r}")
         self.num_classes = int(num_classes)
         self.mode = mode
         if permutation is not None and mode != "permutation":
@@ -179,9 +177,9 @@ class UntargetedLabelFlip:
                 f"got range [{int(y.min())}, {int(y.max())}]"
             )
         if self.mode == "random":
-            shift = torch.randint(
-                1, self.num_classes, y.shape, generator=generator, device=generator.device
-            ).to(device=y.device, dtype=y.dtype)
+            shift = torch.randint(1, self.num_classes, y.shape, generator=generator, device=generator.device).to(
+                device=y.device, dtype=y.dtype
+            )
             y_new = (y + shift) % self.num_classes
         else:
             mapping = torch.tensor(self.permutation, dtype=y.dtype, device=y.device)
@@ -226,9 +224,7 @@ class Backdoor:
     def stamp(self, x: Tensor) -> Tensor:
         """Apply the full trigger to ``x`` (``(C, H, W)`` or ``(N, C, H, W)``), as a new tensor."""
         if not isinstance(x, Tensor) or x.ndim not in (3, 4) or not torch.is_floating_point(x):
-            raise ValueError(
-                f"stamp expects a float (C, H, W) or (N, C, H, W) tensor, got {getattr(x, 'shape', x)!r}"
-            )
+            raise ValueError(f"stamp expects a float (C, H, W) or (N, C, H, W) tensor, got {getattr(x, 'shape', x)!r}")
         mask, pattern = self.trigger(tuple(x.shape[-3:]))
         return self._apply(x, mask, pattern)
 
@@ -306,9 +302,7 @@ class BadNets(Backdoor):
         if pattern not in ("square", "checker"):
             raise ValueError(f"BadNets: pattern must be 'square' or 'checker', got pattern={pattern!r}")
         if not _is_int(margin) or margin < 0:
-            raise ValueError(
-                f"BadNets: margin must be a non-negative number of pixels, got margin={margin!r}"
-            )
+            raise ValueError(f"BadNets: margin must be a non-negative number of pixels, got margin={margin!r}")
         self.size, self.position, self.value = int(size), position, float(value)
         self.pattern, self.margin = pattern, int(margin)
 

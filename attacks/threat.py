@@ -37,9 +37,7 @@ def _is_int(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-def resolve_num_malicious(
-    num_clients: int, num_malicious: int | None = None, fraction: float | None = None
-) -> int:
+def resolve_num_malicious(num_clients: int, num_malicious: int | None = None, fraction: float | None = None) -> int:
     """Turn either a count or a fraction of malicious clients into a count.
 
     Parameters
@@ -156,9 +154,7 @@ class ThreatModel:
             raise ValueError(f"malicious ids must be integers, got {ids!r}")
         bad = [i for i in ids if not 0 <= i < num_clients]
         if bad:
-            raise ValueError(
-                f"malicious ids {bad} are outside 0..{num_clients - 1} (num_clients={num_clients})"
-            )
+            raise ValueError(f"malicious ids {bad} are outside 0..{num_clients - 1} (num_clients={num_clients})")
         if len(set(ids)) != len(ids):
             raise ValueError(f"malicious ids must be distinct, got {sorted(ids)}")
         for name, value in (("start_round", start_round), ("end_round", end_round)):
@@ -224,9 +220,7 @@ class ThreatModel:
         try:
             return self._rank[cid]
         except KeyError:
-            raise ValueError(
-                f"client {cid} is not malicious; malicious clients: {list(self.malicious)}"
-            ) from None
+            raise ValueError(f"client {cid} is not malicious; malicious clients: {list(self.malicious)}") from None
 
     def active(self, server_round: int) -> bool:
         """Whether ``server_round`` (1-based) lies inside the attack window."""

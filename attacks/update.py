@@ -20,8 +20,7 @@ from attacks.threat import _is_int
 def _check_update(update: Tensor) -> None:
     if not isinstance(update, Tensor) or update.ndim != 1 or not torch.is_floating_point(update):
         raise ValueError(
-            "update must be a flat (d,) floating-point tensor, got "
-            f"{getattr(update, 'shape', type(update))!r}"
+            f"update must be a flat (d,) floating-point tensor, got {getattr(update, 'shape', type(update))!r}"
         )
 
 
@@ -134,8 +133,7 @@ def model_replacement_boost(num_clients_per_round: int, server_lr: float = 1.0) 
     """
     if not _is_int(num_clients_per_round) or num_clients_per_round < 1:
         raise ValueError(
-            "num_clients_per_round must be a positive integer, got "
-            f"num_clients_per_round={num_clients_per_round!r}"
+            f"num_clients_per_round must be a positive integer, got num_clients_per_round={num_clients_per_round!r}"
         )
     eta = _positive("model_replacement_boost", "server_lr", server_lr)
     return num_clients_per_round / eta

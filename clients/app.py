@@ -3,19 +3,31 @@
 A client knows its partition id from its SuperNode's node config
 (``partition-id``, ``num-partitions``; Flower's simulation sets them for every
 virtual SuperNode, a deployment passes them with ``--node-config``). Everything
-else (dataset, model, local training) comes with the server's message as the
-run config. A query message enrols the client; a train message carries the
-global model, and the reply carries the locally trained model and its metrics.
+else (dataset, model, local training, the attack) comes with the server's
+message as the run config. A query message enrols the client; a train message
+carries the global model, and the reply carries the locally trained model and
+its metrics, with the same keys for honest and malicious clients.
+
+A malicious client poisons its own data or its own update. Its role comes from
+its node config (``role=malicious`` or ``role=honest``) when the SuperNode was
+given one (a deployment), else from the run's seeded threat model (simulation).
 """
 
 from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from attacks.configured import build_attack, build_threat, kind_of
+from attacks.threat import ThreatModel
 from common.config import ClientSettings, typed_section
 from common.data import to_float
+from common.params import ModelCodec
 from common.runtime import (
     CONFIG_KEY,
     build_model,
@@ -42,6 +54,29 @@ def partition_id(context: Context) -> int:
         raise RuntimeError(
             'this SuperNode has no partition-id: start it with --node-config "partition-id=<i> num-partitions=<N>"'
         ) from None
+
+
+@lru_cache(maxsize=4)
+def _threat_and_attack(attack_json: str, num_clients: int, seed: int) -> tuple[ThreatModel, Any]:
+    section = json.loads(attack_json)
+    return build_threat(section, num_clients, seed), build_attack(section)
+
+
+def threat_and_attack(cfg: dict[str, Any]) -> tuple[ThreatModel, Any]:
+    """The run's threat model and attack object (cached per process)."""
+    return _threat_and_attack(
+        json.dumps(cfg["attack"], sort_keys=True), int(cfg["federation"]["num_clients"]), int(cfg["seed"])
+    )
+
+
+def is_malicious(context: Context, threat: ThreatModel, cid: int) -> bool:
+    """The node config's ``role`` when set (deployment), else the seeded threat model (simulation)."""
+    role = context.node_config.get("role")
+    if role is None:
+        return threat.is_malicious(cid)
+    if role not in ("malicious", "honest"):
+        raise RuntimeError(f"node config role={role!r}: use role=malicious or role=honest")
+    return role == "malicious"
 
 
 @app.query()
@@ -92,11 +127,19 @@ def train(msg: Message, context: Context) -> Message:
 
     data = dataset_of(cfg)
     idx = torch.from_numpy(partitions(cfg)[cid])
-    x = to_float(data.train_x[idx]).to(device)
-    y = data.train_y[idx].to(device)
+    x, y = to_float(data.train_x[idx]), data.train_y[idx]
 
+    threat, attack = threat_and_attack(cfg)
+    attacking = attack is not None and is_malicious(context, threat, cid) and threat.active(server_round)
+    kind = kind_of(attack) if attacking else None
+    rank = threat.attacker_rank(cid) if threat.is_malicious(cid) else 0
+    if kind == "data":
+        x, y = attack(x, y, attacker_rank=rank, generator=generator(int(cfg["seed"]), cid, server_round, 4))
+    x, y = x.to(device), y.to(device)
+
+    global_state = msg.content["arrays"].to_torch_state_dict()
     model = build_model(cfg)
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model.load_state_dict(global_state)
     channels_last = uses_channels_last(model, cfg)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     optimizer = torch.optim.SGD(
@@ -121,5 +164,10 @@ def train(msg: Message, context: Context) -> Message:
         _save_optimizer_state(optimizer, context, participations + 1)
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if kind == "update":
+        codec = ModelCodec.of(global_state)
+        start = codec.to_vector(global_state)
+        delta = attack(codec.to_vector(state) - start, generator=generator(int(cfg["seed"]), cid, server_round, 4))
+        state = dict(codec.to_state(start + delta, codec.ints(state)))
     metrics = MetricRecord({"train-loss": stats["train_loss"], "num-examples": len(y), "steps": stats["steps"]})
     return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}), reply_to=msg)

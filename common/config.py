@@ -132,6 +132,39 @@ def instantiate_component(section: Any, where: str, **kwargs: Any) -> Any:
         raise ConfigError(f"{where} ({target}): {cause}") from err
 
 
+def check_attack(cfg: DictConfig, num_classes: int, fed: Federation, engine: Any) -> list[int]:
+    """Build the attack and the threat model once; return the malicious client ids."""
+    from attacks.configured import bind_to_population, build_attack, build_threat, kind_of
+    from server.engines import Simulation
+
+    section = OmegaConf.to_container(cfg.attack, resolve=True)
+    assert isinstance(section, dict)
+    try:
+        attack = build_attack(section)
+        threat = build_threat(section, fed.num_clients, int(cfg.seed))
+        threat.check_clients_per_round(fed.clients_per_round)
+        if attack is not None and threat.num_malicious:
+            bind_to_population(attack, threat)
+    except ValueError as err:
+        raise ConfigError(f"attack: {err}") from None
+    if attack is None:
+        return []
+    for name in ("source", "target"):
+        value = getattr(attack, name, None)
+        if value is not None and not 0 <= value < num_classes:
+            raise ConfigError(f"attack.{name}={value} is not a class of this dataset (0..{num_classes - 1})")
+    if kind_of(attack) == "colluding" and not isinstance(engine, Simulation):
+        raise ConfigError(
+            f"attack={section.get('name')} is an omniscient colluding attack that only the simulation engine "
+            "can run (it needs every honest update of the round); use engine=simulation"
+        )
+    if threat.num_malicious == 0:
+        raise ConfigError(
+            f"attack={section.get('name')} with 0 malicious clients: set attack.num_malicious >= 1 or use attack=none"
+        )
+    return list(threat.malicious)
+
+
 def validate(cfg: DictConfig) -> dict[str, Any]:
     """Check a composed run config completely and return it as a plain dict.
 
@@ -160,8 +193,6 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"dataset.name: {err}") from None
     if set(cfg.dataset) - {"name", "root"}:
         raise ConfigError(f"unknown key(s) {sorted(set(cfg.dataset) - {'name', 'root'})} in dataset")
-    if cfg.attack.get("name", "none") != "none":
-        raise ConfigError(f"attack={cfg.attack.name} is not available in this version; use attack=none")
     if cfg.dp.get("enabled", False):
         raise ConfigError("dp.enabled=true is not available in this version; use dp=off")
 
@@ -178,11 +209,13 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.strategy.get("on_failure", "raise") not in ("raise", "skip"):
         raise ConfigError(f"strategy.on_failure must be raise or skip, got {cfg.strategy.on_failure!r}")
     engine = instantiate_component(cfg.engine, "engine")
+    malicious = check_attack(cfg, spec.num_classes, fed, engine)
 
     root = prepare_dataset(cfg.dataset.name, cfg.dataset.root)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(resolved, dict)
     resolved["dataset"]["root"] = str(root)
+    resolved["attack"]["malicious_clients"] = malicious
     try:
         from common.data import load_dataset
 

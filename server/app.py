@@ -25,6 +25,10 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from attacks.configured import bind_to_population, build_attack, build_threat, kind_of
+from attacks.data import Backdoor, backdoor_test_set
+from attacks.threat import ThreatModel
+from common.data import to_float
 from common.params import ModelCodec
 from common.partition import class_counts
 from common.runtime import (
@@ -37,7 +41,7 @@ from common.runtime import (
     uses_channels_last,
 )
 from common.training import confusion_matrix
-from server.evaluate import metrics_from_confusion
+from server.evaluate import detection_scores, metrics_from_confusion, targeted_metrics
 from server.results import RunRecorder, write_plots, write_summary
 from strategies.robust import RobustStrategy, build_rule
 
@@ -107,14 +111,33 @@ def enrol_clients(grid: Grid, num_clients: int, timeout: float) -> dict[int, int
     return node_of
 
 
-def uniform_sampler(num_clients: int, per_round: int, seed: int):
-    """Sample ``per_round`` distinct client ids uniformly each round (seeded)."""
+def threat_sampler(threat: ThreatModel, per_round: int, seed: int):
+    """Each round's participants: the threat model's sampling (uniform without an attack), seeded."""
 
     def sample(server_round: int) -> list[int]:
-        gen = generator(seed, server_round, 2)
-        return sorted(torch.randperm(num_clients, generator=gen)[:per_round].tolist())
+        return threat.sample_round(server_round, per_round, generator(seed, server_round, 2))
 
     return sample
+
+
+def colluding_hook(threat: ThreatModel, attack: Any, seed: int):
+    """Server-side wrapper of an omniscient colluding attack (simulation only).
+
+    In rounds of the attack window it replaces the rows of the malicious
+    participants with what the attack computes from the round's honest rows.
+    """
+
+    def hook(server_round: int, client_ids: list[int], deltas: torch.Tensor) -> torch.Tensor:
+        bad = [i for i, c in enumerate(client_ids) if threat.is_malicious(c)]
+        good = [i for i, c in enumerate(client_ids) if not threat.is_malicious(c)]
+        if not bad or not good or not threat.active(server_round):
+            return deltas
+        poisoned = attack(deltas[good], len(bad), generator=generator(seed, server_round, 5))
+        out = deltas.clone()
+        out[bad] = poisoned.to(deltas.dtype)
+        return out
+
+    return hook
 
 
 def write_partition_summary(out_dir: Path, cfg: dict[str, Any]) -> list[int]:
@@ -148,36 +171,52 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> None:
     codec = ModelCodec.of(initial_state)
     sizes = write_partition_summary(out_dir, cfg)
 
+    attack = build_attack(cfg["attack"])
+    threat = build_threat(cfg["attack"], int(fed["num_clients"]), seed)
+    malicious = set(threat.malicious)
+    colluding = attack is not None and kind_of(attack) == "colluding"
+
     node_of = enrol_clients(grid, int(fed["num_clients"]), float(fed["connect_timeout"]))
     strategy = RobustStrategy(
         rule=build_rule(cfg["strategy"]),
         codec=codec,
         node_of=node_of,
-        sample=uniform_sampler(int(fed["num_clients"]), int(fed["clients_per_round"]), seed),
+        sample=threat_sampler(threat, int(fed["clients_per_round"]), seed),
         partition_sizes=sizes,
         train_config={CONFIG_KEY: json.dumps(cfg)},
         on_failure=cfg["strategy"].get("on_failure", "raise"),
+        update_hook=colluding_hook(threat, bind_to_population(attack, threat), seed) if colluding else None,
         generator=generator(seed, 3),
     )
     recorder = RunRecorder(out_dir, int(fed["num_rounds"]))
     test_x, test_y = data.test_x.to(device), data.test_y.to(device)
     final: dict[str, Any] = {"state": initial_state}
+    triggered = None
+    if isinstance(attack, Backdoor):
+        tx, ty = backdoor_test_set(to_float(data.test_x), data.test_y, attack)
+        triggered = (tx.to(device), ty.to(device))
+    eval_kwargs = {
+        "spec": data.spec,
+        "batch_size": int(cfg["evaluation"]["batch_size"]),
+        "channels_last": channels_last,
+        "device": device,
+    }
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         final["state"] = arrays.to_torch_state_dict()
         model.load_state_dict(final["state"])
-        cm, loss = confusion_matrix(
-            model,
-            test_x,
-            test_y,
-            spec=data.spec,
-            batch_size=int(cfg["evaluation"]["batch_size"]),
-            channels_last=channels_last,
-            device=device,
-        )
+        cm, loss = confusion_matrix(model, test_x, test_y, **eval_kwargs)
         line = {"round": server_round, **metrics_from_confusion(cm), "loss": loss}
+        if attack is not None and hasattr(attack, "source") and hasattr(attack, "target"):
+            line.update(targeted_metrics(line["per_class_recall"], attack.source, attack.target))
+        if triggered is not None:
+            tcm, _ = confusion_matrix(model, *triggered, **eval_kwargs)
+            line["asr"] = float(tcm[:, attack.target].sum()) / max(int(tcm.sum()), 1)
         if server_round > 0:
-            line.update(strategy.last.as_metrics())
+            rec = strategy.last
+            line.update(rec.as_metrics())
+            line["malicious_in_round"] = len(set(rec.sampled) & malicious)
+            line.update(detection_scores(rec.replied, line["flagged"], malicious))
         recorder.record(line)
         return MetricRecord({"accuracy": line["accuracy"], "loss": loss})
 
@@ -189,6 +228,13 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> None:
         evaluate_fn=evaluate,
     )
     torch.save(final["state"], out_dir / "final_model.pt")
-    write_summary(out_dir, {"num_clients": fed["num_clients"], "clients_per_round": fed["clients_per_round"]})
+    write_summary(
+        out_dir,
+        {
+            "num_clients": fed["num_clients"],
+            "clients_per_round": fed["clients_per_round"],
+            "malicious_clients": sorted(malicious),
+        },
+    )
     if cfg["output"].get("plots", True):
         write_plots(out_dir)

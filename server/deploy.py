@@ -163,12 +163,14 @@ def run_local_deployment(
              "--disable-runtime-dependency-installation"],
         )  # fmt: skip
         wait_for_port(host, link_port, 60, link)
+        malicious = set(cfg["attack"].get("malicious_clients", []))
         for i, port in enumerate(node_ports):
+            role = "malicious" if i in malicious else "honest"
             group.start(
                 f"supernode-{i}",
                 [_bin("flower-supernode"), "--insecure", "--superlink", f"{host}:{link_port}",
                  "--host", host, "--port", str(port),
-                 "--node-config", f"partition-id={i} num-partitions={num_clients}"],
+                 "--node-config", f'partition-id={i} num-partitions={num_clients} role="{role}"'],
             )  # fmt: skip
         submitted = _flwr(["run", str(PROJECT_ROOT), CONNECTION, "--run-config", str(run_config)], env)
         if not submitted.get("success", False) or "run-id" not in submitted:

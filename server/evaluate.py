@@ -36,3 +36,40 @@ def metrics_from_confusion(cm: Tensor) -> dict[str, Any]:
         "per_class_precision": [round(float(v), 6) for v in precision],
         "confusion": cm.to(torch.long).tolist(),
     }
+
+
+def targeted_metrics(per_class_recall: list[float], source: int, target: int) -> dict[str, float]:
+    """Tolpegin et al.'s attack metrics from per-class recall.
+
+    ``source_recall`` (the main metric of a targeted label flip), ``target_recall``
+    and ``other_recall``: the mean recall of every class but the source and the
+    target, which should not move under a targeted attack.
+    """
+    others = [r for c, r in enumerate(per_class_recall) if c not in (source, target)]
+    return {
+        "source_recall": per_class_recall[source],
+        "target_recall": per_class_recall[target],
+        "other_recall": sum(others) / len(others) if others else 0.0,
+    }
+
+
+def detection_scores(participants: list[int], flagged: list[int], malicious: set[int]) -> dict[str, Any]:
+    """Score a round's flagged set against the truth, among the round's participants.
+
+    Returns ``tp``, ``fp``, ``tpr`` (share of participating malicious clients that
+    were flagged; ``None`` when none took part), ``fpr`` (share of participating
+    benign clients flagged; ``None`` when none took part) and ``precision``
+    (``None`` when nothing was flagged).
+    """
+    present = set(participants)
+    bad = present & malicious
+    good = present - malicious
+    hit = set(flagged) & present
+    tp, fp = len(hit & bad), len(hit & good)
+    return {
+        "tp": tp,
+        "fp": fp,
+        "tpr": tp / len(bad) if bad else None,
+        "fpr": fp / len(good) if good else None,
+        "precision": tp / (tp + fp) if (tp + fp) else None,
+    }

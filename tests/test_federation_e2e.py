@@ -1,8 +1,9 @@
 """Real small federations end to end: Flower's Ray simulation and a real deployment.
 
 The deployment starts a SuperLink and three SuperNodes as separate processes on
-loopback. With the same seed, both engines must produce the very same global
-models (one torch thread per client, deterministic sampling and aggregation).
+loopback, one of them malicious (its role comes from its own node config). With
+the same seed, both engines must produce the same global models (one torch
+thread per client, deterministic sampling and aggregation).
 """
 
 import json
@@ -77,17 +78,44 @@ def test_simulation_writes_the_run_folder(simulated):
     assert "round    2/2" in out.stdout and "ETA" in out.stdout
 
 
-def test_deployment_with_three_supernodes_matches_the_simulation(simulated, tmp_path):
-    sim_folder, _ = simulated
+ATTACK = ["attack=label_flip", "attack.num_malicious=1"]
+
+
+@pytest.fixture(scope="module")
+def attacked(tmp_path_factory, fmnist_root):
+    folder = tmp_path_factory.mktemp("attacked")
+    run_cli(*SMALL, *ATTACK, f"hydra.run.dir={folder}")
+    return folder
+
+
+def test_label_flip_hurts_the_source_class_only(simulated, attacked):
+    clean, poisoned = read_lines(simulated[0]), read_lines(attacked)
+    malicious = json.loads((attacked / "summary.json").read_text())["malicious_clients"]
+    assert len(malicious) == 1
+    for line in poisoned[1:]:
+        assert line["malicious_in_round"] == len(set(line["sampled"]) & set(malicious))
+        assert {"source_recall", "target_recall", "other_recall"} <= set(line)
+    hit = [r for r in range(1, 3) if poisoned[r]["malicious_in_round"]]
+    assert hit, "the malicious client was never sampled"
+    r = hit[-1]
+    assert poisoned[r]["source_recall"] < clean[r]["per_class_recall"][6] - 0.15
+    assert poisoned[r]["target_recall"] >= clean[r]["per_class_recall"][0] - 0.02
+    assert abs(poisoned[r]["other_recall"] - clean[r]["accuracy"]) < 0.15
+
+
+def test_deployment_with_a_malicious_supernode_matches_the_simulation(attacked, tmp_path):
     base = free_port_block(4)
-    out = run_cli(*SMALL, "engine=deployment", f"engine.base_port={base}", f"hydra.run.dir={tmp_path}")
+    out = run_cli(*SMALL, *ATTACK, "engine=deployment", f"engine.base_port={base}", f"hydra.run.dir={tmp_path}")
     assert "3 SuperNodes" in out.stdout
-    deployed, simulated_lines = read_lines(tmp_path), read_lines(sim_folder)
+    deployed, simulated_lines = read_lines(tmp_path), read_lines(attacked)
     assert [line["round"] for line in deployed] == [0, 1, 2]
     assert [line["sampled"] for line in deployed[1:]] == [line["sampled"] for line in simulated_lines[1:]]
     for a, b in zip(deployed, simulated_lines, strict=True):
         assert a["accuracy"] == pytest.approx(b["accuracy"], abs=2e-3)
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-2)
+        assert a.get("source_recall") == pytest.approx(b.get("source_recall"), abs=5e-3)
+    malicious = json.loads((tmp_path / "summary.json").read_text())["malicious_clients"]
+    assert malicious == json.loads((attacked / "summary.json").read_text())["malicious_clients"]
     logs = sorted(p.name for p in (tmp_path / "deployment").glob("*.log"))
     assert logs == ["superlink.log", "supernode-0.log", "supernode-1.log", "supernode-2.log"]
     assert (tmp_path / "summary.json").exists()

@@ -82,6 +82,10 @@ class RoundContext:
         (FLTrust); ``None`` when the rule does not ask for one.
     generator : torch.Generator or None
         Source of randomness (noise-adding rules), derived from the run seed.
+    client_ids : list of int or None
+        Stable identity of the client behind each row (same order as the
+        rows), for stateful rules that keep per-client history across rounds
+        (FoolsGold); ``None`` when the adapter does not provide it.
     """
 
     server_round: int = 1
@@ -90,6 +94,7 @@ class RoundContext:
     global_vector: Tensor | None = None
     server_update: Tensor | None = None
     generator: torch.Generator | None = None
+    client_ids: list[int] | None = None
 
 
 @dataclass(frozen=True)

@@ -29,9 +29,7 @@ def _icdf(p: float) -> float:
 
 
 def test_alie_matches_the_formula_by_hand() -> None:
-    honest = torch.tensor(
-        [[1.0, 2.0, 3.0], [3.0, 2.0, 1.0], [2.0, 2.0, 5.0], [2.0, 6.0, 3.0]], dtype=torch.float64
-    )
+    honest = torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0], [2.0, 2.0, 5.0], [2.0, 6.0, 3.0]], dtype=torch.float64)
     # n = 4 + 2 = 6, s = floor(6/2 + 1) - 2 = 2, z = Phi^-1((6 - 2)/6)
     z = _icdf(4 / 6)
     mean = torch.tensor([2.0, 3.0, 3.0], dtype=torch.float64)

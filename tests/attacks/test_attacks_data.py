@@ -32,9 +32,7 @@ def test_targeted_flip_relabels_every_source_sample_and_nothing_else() -> None:
     assert torch.equal(x, x0) and torch.equal(y, y0)  # inputs untouched
 
 
-@pytest.mark.parametrize(
-    ("num_source", "share", "expected"), [(8, 0.5, 4), (7, 0.5, 4), (10, 0.25, 3), (9, 0.0, 0)]
-)
+@pytest.mark.parametrize(("num_source", "share", "expected"), [(8, 0.5, 4), (7, 0.5, 4), (10, 0.25, 3), (9, 0.0, 0)])
 def test_targeted_flip_share_flips_rounded_half_up_count_of_source(
     num_source: int, share: float, expected: int
 ) -> None:
@@ -151,9 +149,7 @@ def test_blended_is_a_convex_mix_with_a_fixed_seeded_pattern() -> None:
 
 
 @pytest.mark.parametrize(("n", "share", "expected"), [(10, 0.25, 3), (40, 0.1, 4), (7, 0.5, 4), (5, 1.0, 5)])
-def test_backdoor_poisons_a_share_of_samples_stamped_and_relabelled(
-    n: int, share: float, expected: int
-) -> None:
+def test_backdoor_poisons_a_share_of_samples_stamped_and_relabelled(n: int, share: float, expected: int) -> None:
     x, y = _data(n=n, num_classes=3)
     x0, y0 = x.clone(), y.clone()
     attack = BadNets(target=2, share=share)

@@ -1,0 +1,165 @@
+"""Round time of poisonlab against the plain-PyTorch floor, and scaling to many clients.
+
+Part 1 (Tolpegin et al.'s Fashion-MNIST setup: 50 clients, 5 per round, 1 local
+epoch over 1,200 samples, batch 4, SGD lr 0.001 momentum 0.9, unweighted mean,
+central evaluation on the 10,000 test images every round):
+
+* the floor: a plain sequential PyTorch loop in one process (all cores as torch
+  threads, NCHW, no Flower, no Ray) doing the same local work and evaluation;
+* poisonlab: ``poisonlab`` with the same settings on the Ray simulation.
+
+Both print steady-state seconds per round (median over rounds 2..R) and the ratio;
+poisonlab's start-up (Ray, actors, data decode) is reported apart.
+
+Part 2: round time and peak memory (RSS summed over the whole process tree) with
+a small model (MLP) at 100 and 500 clients, all taking part every round.
+
+Run: ``python benchmarks/bench_federation.py [--rounds 8] [--skip-scale]``. Timings
+on a shared machine vary by +-15 %: compare the ratio, taken in one sitting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from common.data import load_dataset, prepare_dataset, to_float  # noqa: E402
+from common.models import FashionMnistCnn  # noqa: E402
+from common.partition import IidEqual  # noqa: E402
+from common.training import confusion_matrix, train_epochs  # noqa: E402
+
+
+def floor_rounds(rounds: int, num_clients: int = 50, per_round: int = 5, seed: int = 0) -> list[float]:
+    """Plain PyTorch: sequential local training of the sampled clients, mean, central evaluation."""
+    torch.set_num_threads(os.cpu_count() or 1)
+    data = load_dataset("fashion_mnist", str(prepare_dataset("fashion_mnist")))
+    parts = IidEqual()(data.train_y.numpy(), num_clients, seed)
+    torch.manual_seed(seed)
+    global_model = FashionMnistCnn()
+    optimizers: dict[int, dict] = {}
+    times = []
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(rounds):
+        start = time.perf_counter()
+        chosen = torch.randperm(num_clients, generator=gen)[:per_round].tolist()
+        states = []
+        for cid in chosen:
+            model = FashionMnistCnn()
+            model.load_state_dict(global_model.state_dict())
+            opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
+            if cid in optimizers:
+                opt.load_state_dict(optimizers[cid])
+            idx = torch.from_numpy(parts[cid])
+            train_epochs(model, opt, to_float(data.train_x[idx]), data.train_y[idx], spec=data.spec,
+                         batch_size=4, epochs=1, generator=gen)  # fmt: skip
+            optimizers[cid] = opt.state_dict()
+            states.append(model.state_dict())
+        mean = {k: (sum(s[k].double() for s in states) / len(states)).to(states[0][k].dtype) for k in states[0]}
+        global_model.load_state_dict(mean)
+        cm, _ = confusion_matrix(global_model, data.test_x, data.test_y, spec=data.spec, batch_size=2000)
+        times.append(time.perf_counter() - start)
+        print(f"  floor round {len(times)}: {times[-1]:.2f}s  acc {float(cm.diag().sum()) / 10000:.4f}", flush=True)
+    return times
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` and all its descendants, in MiB (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                children.setdefault(int(fields[1]), []).append(int(entry))
+            except (OSError, IndexError):
+                continue
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        stack.extend(children.get(p, []))
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+def run_poisonlab(overrides: list[str], folder: Path) -> dict:
+    """Run ``poisonlab`` in a subprocess; return round times, start-up and peak tree RSS."""
+    argv = [sys.executable, "-m", "scripts.run", *overrides, f"hydra.run.dir={folder}"]
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peak = [0.0]
+
+    def sample() -> None:
+        while proc.poll() is None:
+            peak[0] = max(peak[0], tree_rss_mb(proc.pid))
+            time.sleep(0.5)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    output = proc.communicate()[0]
+    wall = time.perf_counter() - start
+    sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"poisonlab failed:\n{output[-4000:]}")
+    lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    rounds = [x["seconds"] for x in lines if x["round"] > 0]
+    return {"rounds": rounds, "wall": wall, "startup": wall - sum(x["seconds"] for x in lines),
+            "peak_mb": peak[0], "accuracy": lines[-1]["accuracy"]}  # fmt: skip
+
+
+def steady(times: list[float]) -> float:
+    """Median over rounds 2..R (round 1 warms caches and actors)."""
+    return statistics.median(times[1:] if len(times) > 1 else times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--skip-scale", action="store_true")
+    parser.add_argument("--scale-clients", type=int, nargs="*", default=[100, 500])
+    args = parser.parse_args()
+
+    print(f"== Part 1: paper A Fashion-MNIST round, {os.cpu_count()} cores ==", flush=True)
+    floor = floor_rounds(args.rounds)
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = run_poisonlab([f"federation.num_rounds={args.rounds}"], Path(tmp) / "paper_a")
+    f, p = steady(floor), steady(ours["rounds"])
+    print("\n| what | s/round (median, rounds 2..R) | ratio to floor |\n|---|---|---|")
+    print(f"| plain PyTorch floor (1 process, {os.cpu_count()} threads) | {f:.2f} | 1.00 |")
+    print(f"| poisonlab (Ray simulation, default config) | {p:.2f} | {p / f:.2f} |")
+    print(f"\npoisonlab start-up (process start to first round, incl. Ray): {ours['startup']:.1f}s; "
+          f"peak RSS {ours['peak_mb']:.0f} MiB; accuracy after {args.rounds} rounds {ours['accuracy']:.4f}")  # fmt: skip
+
+    if args.skip_scale:
+        return
+    print("\n== Part 2: all clients every round, MLP, 120 samples each, batch 32 ==", flush=True)
+    print("| clients | s/round (median) | start-up s | peak RSS MiB (all processes) |\n|---|---|---|---|")
+    for n in args.scale_clients:
+        with tempfile.TemporaryDirectory() as tmp:
+            res = run_poisonlab(
+                ["model=mlp", f"federation.num_clients={n}", f"federation.clients_per_round={n}",
+                 "federation.num_rounds=3", "partition.samples_per_client=120", "client.batch_size=32",
+                 "output.plots=false"],
+                Path(tmp) / f"scale{n}",
+            )  # fmt: skip
+        print(f"| {n} | {steady(res['rounds']):.2f} | {res['startup']:.1f} | {res['peak_mb']:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""Pre-aggregators that mix updates before a robust rule, and the rule that composes them.
+
+* **Bucketing** (Karimireddy, He and Jaggi, ICLR 2022, "Byzantine-robust learning
+  on heterogeneous datasets via bucketing"): shuffle the ``n`` rows with a
+  random permutation (from ``context.generator``), cut the shuffled order into
+  buckets of ``s`` consecutive rows (the last bucket holds the remainder when
+  ``s`` does not divide ``n``), and replace each bucket by its mean:
+  ``ceil(n / s)`` output rows.
+* **Nearest-neighbour mixing**, NNM (Allouah et al., AISTATS 2023, "Fixing by
+  mixing: a recipe for optimal Byzantine ML under heterogeneity"): replace
+  each row by the mean of its ``n - f`` nearest rows in Euclidean distance,
+  itself included: ``n`` output rows.
+
+Each pre-aggregator returns ``(mixed, membership)``: ``mixed`` is
+``(n', d)`` and ``membership`` is ``(n', n)`` with
+``mixed = membership @ updates``; every membership row sums to 1.
+
+:class:`Composed` runs pre-aggregators, then a rule, and maps the rule's
+decision back to the original rows: ``weights = membership.T @ rule.weights``
+(with the memberships of all stages multiplied), ``selected`` = rows with
+positive weight, ``flagged`` = rows *all* of whose output rows the rule
+flagged. The rule sees a context without ``client_ids`` and ``weights`` (mixed
+rows are no longer clients), so stateful per-client rules fall back to their
+per-round behaviour and ``weighted`` rules refuse to run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from strategies.rules._common import acc_dtype, int_param, pairwise_sq_dists, require_generator
+from strategies.rules.base import Aggregate, RoundContext, RuleConfigError, check_updates
+
+
+def _mix(updates: Tensor, membership: Tensor) -> Tensor:
+    acc = acc_dtype(updates.dtype)
+    if updates.dtype == acc:
+        return membership.to(acc) @ updates
+    return (membership.to(acc) @ updates.to(acc)).to(updates.dtype)
+
+
+def bucketing(updates: Tensor, *, s: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Average random buckets of ``s`` rows; returns ``(mixed (ceil(n/s), d), membership)``.
+
+    Parameters
+    ----------
+    updates : Tensor
+        ``(n, d)`` update deltas.
+    s : int
+        Bucket size (>= 1).
+    generator : torch.Generator
+        Source of the random permutation.
+    """
+    s = int_param("bucketing", "s", s, minimum=1)
+    n = check_updates(updates)
+    perm = torch.randperm(n, generator=generator, device=generator.device).to(updates.device)
+    buckets = math.ceil(n / s)
+    membership = torch.zeros(buckets, n, dtype=acc_dtype(updates.dtype), device=updates.device)
+    position = torch.arange(n, device=updates.device)
+    bucket_of = position // s
+    sizes = torch.bincount(bucket_of, minlength=buckets).to(membership.dtype)
+    membership[bucket_of, perm] = 1.0 / sizes[bucket_of]
+    return _mix(updates, membership), membership
+
+
+def nearest_neighbor_mixing(updates: Tensor, *, f: int) -> tuple[Tensor, Tensor]:
+    """Replace each row by the mean of its ``n - f`` nearest rows (itself included).
+
+    Parameters
+    ----------
+    updates : Tensor
+        ``(n, d)`` update deltas.
+    f : int
+        Assumed number of Byzantine rows, ``0 <= f < n``.
+    """
+    f = int_param("nnm", "f", f, minimum=0)
+    n = check_updates(updates)
+    if f >= n:
+        raise RuleConfigError(f"nnm needs f < n, got f={f} with n={n}")
+    dist = pairwise_sq_dists(updates)
+    dist.fill_diagonal_(-1.0)  # a row is always its own nearest neighbour
+    near = torch.topk(dist, n - f, dim=1, largest=False).indices
+    membership = torch.zeros(n, n, dtype=dist.dtype, device=updates.device)
+    membership.scatter_(1, near, 1.0 / (n - f))
+    return _mix(updates, membership), membership
+
+
+class PreAggregator(Protocol):
+    """A configured pre-aggregator: ``(updates, context) -> (mixed, membership)``."""
+
+    def output_size(self, n: int) -> int:
+        """Rows out for ``n`` rows in (raises :class:`RuleConfigError` if ``n`` is too small)."""
+        ...
+
+    def __call__(self, updates: Tensor, context: RoundContext | None) -> tuple[Tensor, Tensor]:
+        """Mix the rows."""
+        ...
+
+
+class Bucketing:
+    """Bucketing as a configured pre-aggregator (see :func:`bucketing`).
+
+    Parameters
+    ----------
+    s : int
+        Bucket size (>= 1); the paper's analysis uses ``s <= n / (2f)``-sized buckets, often 2.
+    """
+
+    def __init__(self, *, s: int = 2) -> None:
+        self.s = int_param("bucketing", "s", s, minimum=1)
+
+    def output_size(self, n: int) -> int:
+        """``ceil(n / s)`` buckets."""
+        if n < 1:
+            raise RuleConfigError(f"bucketing needs at least 1 reply, got n={n}")
+        return math.ceil(n / self.s)
+
+    def __call__(self, updates: Tensor, context: RoundContext | None = None) -> tuple[Tensor, Tensor]:
+        generator = require_generator("bucketing", context.generator if context is not None else None)
+        return bucketing(updates, s=self.s, generator=generator)
+
+
+class NearestNeighborMixing:
+    """Nearest-neighbour mixing as a configured pre-aggregator (see :func:`nearest_neighbor_mixing`).
+
+    Parameters
+    ----------
+    f : int
+        Assumed number of Byzantine clients per round.
+    """
+
+    def __init__(self, *, f: int) -> None:
+        self.f = int_param("nnm", "f", f, minimum=0)
+
+    def output_size(self, n: int) -> int:
+        """Same number of rows; needs ``n > f``."""
+        if n <= self.f:
+            raise RuleConfigError(f"nnm needs n > f replies, got n={n} with f={self.f}")
+        return n
+
+    def __call__(self, updates: Tensor, context: RoundContext | None = None) -> tuple[Tensor, Tensor]:
+        return nearest_neighbor_mixing(updates, f=self.f)
+
+
+class Rule(Protocol):
+    """What :class:`Composed` needs from a rule."""
+
+    def check_clients(self, n: int) -> None:
+        """Raise :class:`RuleConfigError` if ``n`` rows cannot satisfy the rule."""
+        ...
+
+    def __call__(self, updates: Tensor, context: RoundContext | None) -> Aggregate:
+        """Aggregate."""
+        ...
+
+
+class Composed:
+    """Pre-aggregators followed by a rule, with the decision mapped back to the original rows.
+
+    Parameters
+    ----------
+    rule : Rule
+        The configured rule applied to the mixed rows.
+    preaggregators : list
+        Configured pre-aggregators applied in order.
+    """
+
+    def __init__(self, rule: Rule, preaggregators: list[PreAggregator] | tuple[PreAggregator, ...] = ()) -> None:
+        if not callable(rule) or not hasattr(rule, "check_clients"):
+            raise RuleConfigError(f"composed: rule must be a configured rule, got {rule!r}")
+        for p in preaggregators:
+            if not callable(p) or not hasattr(p, "output_size"):
+                raise RuleConfigError(f"composed: not a pre-aggregator: {p!r}")
+        self.rule = rule
+        self.preaggregators = list(preaggregators)
+        self.needs_server_update = bool(getattr(rule, "needs_server_update", False))
+
+    def check_clients(self, n: int) -> None:
+        """Check every stage with the number of rows it will receive."""
+        for p in self.preaggregators:
+            n = p.output_size(n)
+        self.rule.check_clients(n)
+
+    def __call__(self, updates: Tensor, context: RoundContext | None = None) -> Aggregate:
+        n = check_updates(updates)
+        ctx = context if context is not None else RoundContext()
+        mixed = updates
+        membership = torch.eye(n, dtype=acc_dtype(updates.dtype), device=updates.device)
+        for p in self.preaggregators:
+            mixed, step = p(mixed, ctx)
+            membership = step.to(membership.dtype) @ membership
+        inner = self.rule(mixed, dataclasses.replace(ctx, client_ids=None, weights=None))
+        weights = membership.T @ inner.weights.to(device=membership.device, dtype=membership.dtype)
+        out_flagged = torch.zeros(membership.shape[0], dtype=torch.bool, device=updates.device)
+        out_flagged[inner.flagged.to(updates.device)] = True
+        touches = membership > 0  # (n', n): output row b uses input row i
+        flagged = (touches & out_flagged[:, None]).sum(dim=0) == touches.sum(dim=0)
+        rows = torch.arange(n, device=updates.device)
+        info = dict(inner.info)
+        info["mixed_rows"] = float(membership.shape[0])
+        return Aggregate(
+            vector=inner.vector,
+            weights=weights.to(updates.dtype),
+            selected=rows[weights > 0],
+            flagged=rows[flagged & (touches.sum(dim=0) > 0)],
+            info=info,
+        )
