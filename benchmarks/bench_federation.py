@@ -69,7 +69,7 @@ def floor_rounds(rounds: int, num_clients: int = 50, per_round: int = 5, seed: i
             states.append(model.state_dict())
         mean = {k: (sum(s[k].double() for s in states) / len(states)).to(states[0][k].dtype) for k in states[0]}
         global_model.load_state_dict(mean)
-        cm, _ = confusion_matrix(global_model, data.test_x, data.test_y, spec=data.spec, batch_size=2000)
+        cm, _ = confusion_matrix(global_model, data.test_x, data.test_y, spec=data.spec, batch_size=256)
         times.append(time.perf_counter() - start)
         print(f"  floor round {len(times)}: {times[-1]:.2f}s  acc {float(cm.diag().sum()) / 10000:.4f}", flush=True)
     return times

@@ -158,10 +158,6 @@ def check_attack(cfg: DictConfig, num_classes: int, fed: Federation, engine: Any
             f"attack={section.get('name')} is an omniscient colluding attack that only the simulation engine "
             "can run (it needs every honest update of the round); use engine=simulation"
         )
-    if threat.num_malicious == 0:
-        raise ConfigError(
-            f"attack={section.get('name')} with 0 malicious clients: set attack.num_malicious >= 1 or use attack=none"
-        )
     return list(threat.malicious)
 
 
@@ -184,6 +180,13 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     if not isinstance(cfg.get("seed"), int) or cfg.seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {cfg.get('seed')!r}")
     check_device(cfg.device)
+    for section, known in (("evaluation", {"batch_size"}), ("output", {"plots"})):
+        extra = sorted(set(cfg[section]) - known)
+        if extra:
+            raise ConfigError(f"unknown key(s) {extra} in {section}; known keys: {sorted(known)}")
+    eval_batch = cfg.evaluation.get("batch_size")
+    if eval_batch is not None and (not isinstance(eval_batch, int) or eval_batch < 1):
+        raise ConfigError(f"evaluation.batch_size must be a positive integer or null (auto), got {eval_batch!r}")
     fed = typed_section(cfg.federation, Federation, "federation")
     check_federation(fed)
     check_client(typed_section(cfg.client, ClientSettings, "client"))

@@ -110,7 +110,7 @@ def confusion_matrix(
     y: Tensor,
     *,
     spec: DatasetSpec,
-    batch_size: int = 2000,
+    batch_size: int = 256,
     channels_last: bool = False,
     device: torch.device | str = "cpu",
 ) -> tuple[Tensor, float]:

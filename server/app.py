@@ -197,7 +197,7 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> None:
         triggered = (tx.to(device), ty.to(device))
     eval_kwargs = {
         "spec": data.spec,
-        "batch_size": int(cfg["evaluation"]["batch_size"]),
+        "batch_size": int(cfg["evaluation"]["batch_size"] or (4096 if device.type == "cuda" else 256)),
         "channels_last": channels_last,
         "device": device,
     }

@@ -51,9 +51,18 @@ class RunRecorder:
             done = len(self.round_seconds)
             recent = self.round_seconds[-5:]
             eta = (self.num_rounds - done) * sum(recent) / len(recent)
+            extra = "".join(
+                f"  {label} {line[key]:.3f}"
+                for key, label in (("source_recall", "src-recall"), ("asr", "ASR"))
+                if line.get(key) is not None
+            )
+            if line.get("malicious_in_round"):
+                extra += f"  malicious {line['malicious_in_round']}"
+            if line.get("flagged"):
+                extra += f"  flagged {len(line['flagged'])}"
             print(
                 f"[poisonlab] round {line['round']:>4}/{self.num_rounds}  acc {line['accuracy']:.4f}  "
-                f"loss {line['loss']:.4f}  {seconds:6.2f}s  ETA {eta:6.0f}s",
+                f"loss {line['loss']:.4f}{extra}  {seconds:6.2f}s  ETA {eta:6.0f}s",
                 flush=True,
             )
         else:
