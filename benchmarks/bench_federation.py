@@ -143,8 +143,10 @@ def main() -> None:
     print("\n| what | s/round (median, rounds 2..R) | ratio to floor |\n|---|---|---|")
     print(f"| plain PyTorch floor (1 process, {os.cpu_count()} threads) | {f:.2f} | 1.00 |")
     print(f"| poisonlab (Ray simulation, default config) | {p:.2f} | {p / f:.2f} |")
-    print(f"\npoisonlab start-up (process start to first round, incl. Ray): {ours['startup']:.1f}s; "
-          f"peak RSS {ours['peak_mb']:.0f} MiB; accuracy after {args.rounds} rounds {ours['accuracy']:.4f}")  # fmt: skip
+    print(
+        f"\npoisonlab start-up (process start to first round, incl. Ray): {ours['startup']:.1f}s; "
+        f"peak RSS {ours['peak_mb']:.0f} MiB; accuracy after {args.rounds} rounds {ours['accuracy']:.4f}"
+    )
 
     if args.skip_scale:
         return
