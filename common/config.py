@@ -22,7 +22,7 @@ TOP_LEVEL_KEYS = {
     "dataset", "model", "partition", "federation", "strategy", "attack", "dp", "engine",
     "seed", "device", "client", "evaluation", "output", "output_dir",
 }  # fmt: skip
-ADAPTER_KEYS = ("preaggregators", "on_failure")
+ADAPTER_KEYS = ("preaggregators", "on_failure", "root_size")
 
 
 class ConfigError(ValueError):
@@ -202,15 +202,26 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     model = instantiate_component(
         cfg.model, "model", num_classes=spec.num_classes, in_channels=spec.channels, image_size=spec.size
     )
+    strategy = OmegaConf.to_container(cfg.strategy, resolve=True)
+    assert isinstance(strategy, dict)
+    if "layer" in strategy and strategy["layer"] is None:
+        from common.models import output_layer_name
+
+        strategy["layer"] = output_layer_name(model)
+    root_size = strategy.get("root_size", 0)
+    if not isinstance(root_size, int) or root_size < 0:
+        raise ConfigError(f"strategy.root_size must be a non-negative integer, got {root_size!r}")
     del model
     partitioner = instantiate_component(cfg.partition, "partition")
-    rule = build_rule(cfg.strategy)
+    rule = build_rule(strategy)
+    if getattr(rule, "needs_server_update", False) and root_size < 1:
+        raise ConfigError(f"strategy {strategy['_target_']} needs a clean root set: set strategy.root_size >= 1")
     try:
         rule.check_clients(fed.clients_per_round)
     except ValueError as err:
         raise ConfigError(f"strategy: {err} (federation.clients_per_round={fed.clients_per_round})") from None
-    if cfg.strategy.get("on_failure", "raise") not in ("raise", "skip"):
-        raise ConfigError(f"strategy.on_failure must be raise or skip, got {cfg.strategy.on_failure!r}")
+    if strategy.get("on_failure", "raise") not in ("raise", "skip"):
+        raise ConfigError(f"strategy.on_failure must be raise or skip, got {strategy.get('on_failure')!r}")
     engine = instantiate_component(cfg.engine, "engine")
     malicious = check_attack(cfg, spec.num_classes, fed, engine)
 
@@ -218,6 +229,7 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(resolved, dict)
     resolved["dataset"]["root"] = str(root)
+    resolved["strategy"] = strategy
     resolved["attack"]["malicious_clients"] = malicious
     try:
         from common.data import load_dataset

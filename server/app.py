@@ -140,6 +140,34 @@ def colluding_hook(threat: ThreatModel, attack: Any, seed: int):
     return hook
 
 
+def root_set_update(cfg: dict[str, Any], codec: ModelCodec, root_size: int, seed: int):
+    """FLTrust's server update: local training of the global model on a clean root set.
+
+    The root set is a seeded random draw of ``root_size`` training samples (Cao et
+    al. sample it from the training distribution); the server trains on it
+    with the clients' own local-training settings and returns the delta.
+    """
+    from common.config import ClientSettings, typed_section
+    from common.training import train_epochs
+
+    data = dataset_of(cfg)
+    settings = typed_section(cfg["client"], ClientSettings, "client")
+    idx = torch.randperm(len(data.train_y), generator=generator(seed, 6))[:root_size]
+    x, y = to_float(data.train_x[idx]), data.train_y[idx]
+    calls = [0]
+
+    def update(global_state: dict[str, torch.Tensor]) -> torch.Tensor:
+        calls[0] += 1
+        model = build_model(cfg)
+        model.load_state_dict(global_state)
+        optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum)
+        train_epochs(model, optimizer, x, y, spec=data.spec, batch_size=settings.batch_size,
+                     epochs=settings.epochs, generator=generator(seed, calls[0], 7))  # fmt: skip
+        return codec.to_vector(model.state_dict()) - codec.to_vector(global_state)
+
+    return update
+
+
 def write_partition_summary(out_dir: Path, cfg: dict[str, Any]) -> list[int]:
     """Per-client class counts of the partition; returns each client's size."""
     data = dataset_of(cfg)
@@ -176,9 +204,13 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> None:
     malicious = set(threat.malicious)
     colluding = attack is not None and kind_of(attack) == "colluding"
 
+    rule = build_rule(cfg["strategy"])
+    needs_root = getattr(rule, "needs_server_update", False)
+    root_size = int(cfg["strategy"].get("root_size", 0))
+
     node_of = enrol_clients(grid, int(fed["num_clients"]), float(fed["connect_timeout"]))
     strategy = RobustStrategy(
-        rule=build_rule(cfg["strategy"]),
+        rule=rule,
         codec=codec,
         node_of=node_of,
         sample=threat_sampler(threat, int(fed["clients_per_round"]), seed),
@@ -187,6 +219,7 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> None:
         on_failure=cfg["strategy"].get("on_failure", "raise"),
         update_hook=colluding_hook(threat, bind_to_population(attack, threat), seed) if colluding else None,
         generator=generator(seed, 3),
+        server_update=root_set_update(cfg, codec, root_size, seed) if needs_root else None,
     )
     recorder = RunRecorder(out_dir, int(fed["num_rounds"]))
     test_x, test_y = data.test_x.to(device), data.test_y.to(device)

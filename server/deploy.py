@@ -1,8 +1,9 @@
 """A real Flower deployment on this machine: SuperLink + SuperNodes as processes.
 
 :func:`run_local_deployment` starts one ``flower-superlink`` and one
-``flower-supernode`` per client on loopback (each told its partition with
-``--node-config "partition-id=i num-partitions=N"``), submits the run with
+``flower-supernode`` per client on loopback (each told its partition and role
+with ``--node-config 'partition-id=i num-partitions=N role="malicious"'``, the
+role from the run's seeded threat model), submits the run with
 ``flwr run`` (the resolved config as Flower run config), follows the run's
 ``metrics.jsonl`` on the console, waits for the run to finish and shuts every
 process down. Flower's own state (``FLWR_HOME``) and every process log live in

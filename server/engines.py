@@ -78,7 +78,8 @@ class Simulation:
         from server.app import build_server_app
 
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)  # run_simulation's own deprecation notice
+            warnings.filterwarnings("ignore", category=FutureWarning, module="ray")
             run_simulation(
                 server_app=build_server_app(cfg),
                 client_app=client_app,

@@ -33,7 +33,7 @@ UpdateHook = Callable[[int, list[int], Tensor], Tensor]
 def build_rule(section: Any) -> Any:
     """Instantiate the rule of a ``strategy`` config section, with its pre-aggregators.
 
-    The adapter options (``preaggregators``, ``on_failure``) are taken out
+    The adapter options (``preaggregators``, ``on_failure``, ``root_size``) are taken out
     before the rule's own keyword-only hyper-parameters are passed to it.
     """
     from hydra.utils import instantiate
@@ -107,6 +107,9 @@ class RobustStrategy(Strategy):
         (the simulation's omniscient colluding attackers).
     generator : torch.Generator, optional
         Randomness for noise-adding rules.
+    server_update : callable, optional
+        ``server_update(global_state) -> (d,) delta``: the server's own update on
+        its clean root set, for rules with ``needs_server_update`` (FLTrust).
     """
 
     def __init__(
@@ -121,7 +124,10 @@ class RobustStrategy(Strategy):
         on_failure: str = "raise",
         update_hook: UpdateHook | None = None,
         generator: torch.Generator | None = None,
+        server_update: Callable[[dict[str, Tensor]], Tensor] | None = None,
     ) -> None:
+        if getattr(rule, "needs_server_update", False) and server_update is None:
+            raise ValueError(f"{type(rule).__name__} needs the server's root-set update (server_update)")
         self.rule = rule
         self.codec = codec
         self.node_of = node_of
@@ -132,6 +138,7 @@ class RobustStrategy(Strategy):
         self.on_failure = on_failure
         self.update_hook = update_hook
         self.generator = generator
+        self.server_update = server_update
         self.global_state: dict[str, Tensor] | None = None
         self.last: RoundRecord = RoundRecord()
 
@@ -213,6 +220,7 @@ class RobustStrategy(Strategy):
             layout=self.codec.layout,
             global_vector=global_vec,
             generator=self.generator,
+            server_update=self.server_update(self.global_state) if self.server_update else None,
         )
         if hasattr(context, "client_ids"):
             context.client_ids = ids
