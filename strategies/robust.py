@@ -221,9 +221,8 @@ class RobustStrategy(Strategy):
             global_vector=global_vec,
             generator=self.generator,
             server_update=self.server_update(self.global_state) if self.server_update else None,
+            client_ids=ids,
         )
-        if hasattr(context, "client_ids"):
-            context.client_ids = ids
         result = self.rule(matrix, context)
         finite_or_raise(result.vector)
         rec.selected = [ids[i] for i in result.selected.tolist()]

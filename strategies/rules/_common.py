@@ -73,9 +73,13 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def column_slices(n: int, d: int, device: torch.device) -> Iterator[slice]:
-    """Yield column slices of an ``(n, d)`` matrix with a bounded number of elements each."""
-    budget = _CPU_CHUNK_ELEMENTS if device.type == "cpu" else _ACCEL_CHUNK_ELEMENTS
+def column_slices(n: int, d: int, device: torch.device, elements: int | None = None) -> Iterator[slice]:
+    """Yield column slices of an ``(n, d)`` matrix with at most about ``elements`` entries each.
+
+    The default budget suits matrix products; order statistics use smaller,
+    cache-sized blocks.
+    """
+    budget = elements or (_CPU_CHUNK_ELEMENTS if device.type == "cpu" else _ACCEL_CHUNK_ELEMENTS)
     width = max(1, min(d, budget // max(n, 1)))
     for start in range(0, d, width):
         yield slice(start, min(d, start + width))

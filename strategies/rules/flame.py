@@ -23,9 +23,11 @@ Three steps per round:
    distance), so no core distances are needed. The equivalence was derived
    from HDBSCAN's labelling rule, not tested against the library (it is not
    installed).
-2. **adaptive clipping**: ``S = median(||x_1||, ..., ||x_n||)`` over *all*
-   updates (numpy median); each kept update is scaled by ``min(1, S / ||x_i||)``;
-   the kept, clipped updates are averaged (unweighted).
+2. **adaptive clipping**: ``S = median(||x_1||, ..., ||x_n||)`` over *all* n
+   updates, as in FLAME's Algorithm 1 (``S_t = Median(e_1, ..., e_n)``; some
+   reimplementations take the median over the admitted updates only), with
+   numpy's even-n median; each kept update is scaled by
+   ``min(1, S / ||x_i||)``; the kept, clipped updates are averaged (unweighted).
 3. **noise**: ``N(0, (lambda * S)^2 I)`` is added to the average (drawn from
    ``context.generator``); the paper uses ``lambda = 0.001`` for image
    classification, 0.01 for NLP.

@@ -13,9 +13,8 @@ exactly as Flower 1.41's ``FedTrimmedAvg`` (``trim_mean``, after
 mean.
 
 Against Flower 1.41 ``flwr.serverapp.strategy.FedTrimmedAvg``: same cut count
-and same kept values; the mean of the kept values is summed in a different
-order (sorted here, ``np.partition`` order there), so results agree to float
-rounding, not bit for bit. Flower's default is ``beta = 0.2``; so is ours.
+and same kept values; the kept values are summed in a different order, so
+results agree to float rounding, not bit for bit. Flower's default is ``beta = 0.2``; so is ours.
 
 Per-row ``weights`` are each row's share of the kept values over all
 coordinates; ``selected`` is the rows with a positive share; nothing is

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from rule_cases import CASES, D, F, N, Case, context_for, honest_updates
+from rule_cases import CASES, Case, D, F, N, context_for, honest_updates
 
 from strategies.rules.base import Aggregate
 from strategies.rules.bulyan import bulyan
@@ -107,3 +107,18 @@ def test_rule_classes_declare_whether_they_need_a_server_update() -> None:
         assert getattr(rule, "needs_server_update", False) == (case.name == "fltrust")
         rule.check_clients(N)  # the shared cases are all satisfiable at n = N
     assert F == 2
+
+
+def test_distances_stay_accurate_next_to_a_huge_outlier() -> None:
+    # The outlier drags the mean 1e5 away: plain float32 Gram-trick distances between the honest
+    # rows would drown in rounding; the rule re-centres on the medoid row and keeps them exact.
+    from strategies.rules._common import pairwise_sq_dists
+
+    x = honest_updates(10, 50, seed=3, dtype=torch.float32)
+    x[9] = 1e6
+    exact = torch.cdist(x[:9].double(), x[:9].double()) ** 2
+    got = pairwise_sq_dists(x)[:9, :9].double()
+    torch.testing.assert_close(got, exact, rtol=1e-4, atol=1e-3)
+    wide = x.double()
+    assert krum(x, f=1).selected.tolist() == krum(wide, f=1).selected.tolist()
+    assert bulyan(x, f=1).selected.tolist() == bulyan(wide, f=1).selected.tolist()

@@ -1,0 +1,111 @@
+"""Bucketing, nearest-neighbour mixing and the Composed rule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from strategies.rules.base import Aggregate, RoundContext
+from strategies.rules.krum import Krum
+from strategies.rules.mean import Mean
+from strategies.rules.median import Median
+from strategies.rules.preaggregators import (
+    Bucketing,
+    Composed,
+    NearestNeighborMixing,
+    bucketing,
+    nearest_neighbor_mixing,
+)
+
+
+def rows(n: int, d: int = 5, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize(("n", "s"), [(10, 2), (10, 3), (7, 7), (5, 1), (4, 9)])
+def test_bucketing_partitions_the_rows(n: int, s: int) -> None:
+    x = rows(n)
+    mixed, membership = bucketing(x, s=s, generator=torch.Generator().manual_seed(1))
+    assert mixed.shape == (-(-n // s), 5)
+    torch.testing.assert_close(membership.sum(dim=1), torch.ones(membership.shape[0], dtype=torch.float64))
+    assert ((membership > 0).sum(dim=0) == 1).all()  # every row in exactly one bucket
+    torch.testing.assert_close(mixed, membership @ x)
+    sizes = (membership > 0).sum(dim=1).tolist()
+    assert sizes == [s] * (n // s) + ([n % s] if n % s else [])
+
+
+def test_bucketing_follows_the_generator() -> None:
+    x = rows(6)
+    _, m = bucketing(x, s=2, generator=torch.Generator().manual_seed(4))
+    perm = torch.randperm(6, generator=torch.Generator().manual_seed(4))
+    for b in range(3):  # bucket b holds shuffled positions 2b, 2b+1
+        assert sorted(torch.nonzero(m[b]).flatten().tolist()) == sorted(perm[2 * b : 2 * b + 2].tolist())
+    _, again = bucketing(x, s=2, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(m, again)
+
+
+def test_nnm_by_hand() -> None:
+    x = torch.tensor([[0.0], [1.0], [2.0], [10.0]], dtype=torch.float64)
+    mixed, membership = nearest_neighbor_mixing(x, f=1)  # each row -> mean of its 3 nearest, itself included
+    # 0: {0, 1, 2}; 1: {1, 0, 2}; 2: {2, 1, 0}; 10: {10, 2, 1}
+    assert mixed.flatten().tolist() == pytest.approx([1.0, 1.0, 1.0, 13 / 3])
+    torch.testing.assert_close(membership.sum(dim=1), torch.ones(4, dtype=torch.float64))
+    assert bool((torch.diagonal(membership) > 0).all())
+
+
+def test_nnm_includes_itself_even_among_duplicates() -> None:
+    x = torch.zeros(5, 3, dtype=torch.float64)
+    _, membership = nearest_neighbor_mixing(x, f=2)
+    assert bool((torch.diagonal(membership) == 1 / 3).all())
+    torch.testing.assert_close(membership.sum(dim=1), torch.ones(5, dtype=torch.float64))
+
+
+def test_composed_maps_krum_back_to_the_bucket_it_chose() -> None:
+    x = rows(6)
+    x[[0, 3]] += 50.0  # two far rows
+    ctx = RoundContext(generator=torch.Generator().manual_seed(8))
+    result = Composed(Krum(f=0), [Bucketing(s=2)])(x, ctx)
+    _, membership = bucketing(x, s=2, generator=torch.Generator().manual_seed(8))
+    chosen = [b for b in range(3) if float(membership[b] @ result.weights) > 0]
+    members = torch.nonzero(membership[chosen[0]]).flatten().tolist()
+    assert len(chosen) == 1
+    assert result.selected.tolist() == sorted(members)
+    assert result.weights[members].tolist() == [0.5, 0.5]
+    assert sorted(result.flagged.tolist()) == sorted(set(range(6)) - set(members))
+    torch.testing.assert_close(result.vector, x[members].mean(dim=0))
+
+
+def test_composed_nnm_then_mean_is_the_plain_mean_and_flags_nothing() -> None:
+    # the mean of NNM's rows is a weighted mean of the inputs; the composed weights describe it exactly
+    x = rows(7)
+    result = Composed(Mean(), [NearestNeighborMixing(f=2)])(x, RoundContext())
+    torch.testing.assert_close(result.vector, result.weights @ x)
+    assert float(result.weights.sum()) == pytest.approx(1.0)
+    assert result.flagged.tolist() == []
+    assert result.info["mixed_rows"] == 7
+
+
+def test_composed_flags_a_row_only_if_all_its_outputs_are_flagged() -> None:
+    x = torch.tensor([[0.0], [0.1], [0.2], [0.3], [100.0]], dtype=torch.float64)
+    result = Composed(Krum(f=1), [NearestNeighborMixing(f=1)])(x, RoundContext())
+    # NNM(f=1) mixes 4 nearest rows: the outlier only enters its own output row, which Krum drops
+    assert 4 in result.flagged.tolist()
+    assert float(result.weights[4]) < float(result.weights[:4].min())
+    assert Composed(Median(), [NearestNeighborMixing(f=1)])(x, RoundContext()).flagged.tolist() == []
+
+
+def test_composed_hides_client_identity_from_the_rule() -> None:
+    seen: list[RoundContext] = []
+
+    class Spy:
+        def check_clients(self, n: int) -> None:
+            pass
+
+        def __call__(self, updates: torch.Tensor, context: RoundContext | None = None) -> Aggregate:
+            assert context is not None
+            seen.append(context)
+            return Mean()(updates, context)
+
+    ctx = RoundContext(server_round=4, client_ids=[1, 2, 3], weights=torch.ones(3) / 3)
+    Composed(Spy(), [NearestNeighborMixing(f=1)])(rows(3), ctx)
+    assert seen[0].client_ids is None and seen[0].weights is None and seen[0].server_round == 4
