@@ -100,13 +100,13 @@ class ModelCodec:
 
     @staticmethod
     def combine_ints(per_client: list[list[Tensor]]) -> list[Tensor]:
-        """Element-wise median of each integer buffer over clients, in its own dtype."""
+        """Element-wise median (mean of the two middles for an even count, rounded) of each integer buffer."""
         if not per_client:
             return []
         combined = []
         for tensors in zip(*per_client, strict=True):
             stacked = torch.stack([t.to(torch.float64) for t in tensors])
-            combined.append(stacked.median(dim=0).values.round().to(tensors[0].dtype))
+            combined.append(stacked.quantile(0.5, dim=0).round().to(tensors[0].dtype))
         return combined
 
 

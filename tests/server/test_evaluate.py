@@ -4,7 +4,7 @@ from torch import nn
 
 from common.data import SPECS
 from common.training import confusion_matrix
-from server.evaluate import metrics_from_confusion
+from server.evaluate import detection_scores, metrics_from_confusion, targeted_metrics
 
 
 def test_metrics_from_a_hand_computed_confusion_matrix():
@@ -39,3 +39,17 @@ def test_confusion_matrix_counts_true_against_predicted_in_batches():
     # logits are 10 on the predicted class, 0 elsewhere: CE = log(1 + 9 e^-10) when right, 10 + that when wrong
     right = torch.log1p(9 * torch.exp(torch.tensor(-10.0))).item()
     assert loss == pytest.approx((5 * right + 2 * (10 + right)) / 7, rel=1e-5)
+
+
+def test_targeted_metrics_split_source_target_and_the_rest():
+    recall = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.1, 0.3, 0.2, 1.0]
+    m = targeted_metrics(recall, source=6, target=0)
+    assert m == {"source_recall": 0.1, "target_recall": 0.9, "other_recall": pytest.approx(4.5 / 8)}
+
+
+def test_detection_scores_count_only_the_rounds_participants():
+    # participants 1..6; malicious overall {2, 5, 9}; flagged {2, 3, 9 (not a participant)}
+    s = detection_scores([1, 2, 3, 4, 5, 6], [2, 3, 9], {2, 5, 9})
+    assert s == {"tp": 1, "fp": 1, "tpr": 0.5, "fpr": 0.25, "precision": 0.5}
+    none = detection_scores([1, 3], [], {2})
+    assert none == {"tp": 0, "fp": 0, "tpr": None, "fpr": 0.0, "precision": None}
