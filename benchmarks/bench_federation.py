@@ -132,27 +132,37 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--skip-scale", action="store_true")
+    parser.add_argument("--only-scale", action="store_true", help="skip part 1 (floor vs poisonlab)")
     parser.add_argument("--scale-clients", type=int, nargs="*", default=[100, 500])
     args = parser.parse_args()
 
+    if not args.only_scale:
+        part_one(args.rounds)
+    if not args.skip_scale:
+        part_two(args.scale_clients)
+
+
+def part_one(rounds: int) -> None:
+    """Paper A's round: the floor, then poisonlab, then the ratio."""
     print(f"== Part 1: paper A Fashion-MNIST round, {os.cpu_count()} cores ==", flush=True)
-    floor = floor_rounds(args.rounds)
+    floor = floor_rounds(rounds)
     with tempfile.TemporaryDirectory() as tmp:
-        ours = run_poisonlab([f"federation.num_rounds={args.rounds}"], Path(tmp) / "paper_a")
+        ours = run_poisonlab([f"federation.num_rounds={rounds}"], Path(tmp) / "paper_a")
     f, p = steady(floor), steady(ours["rounds"])
     print("\n| what | s/round (median, rounds 2..R) | ratio to floor |\n|---|---|---|")
     print(f"| plain PyTorch floor (1 process, {os.cpu_count()} threads) | {f:.2f} | 1.00 |")
     print(f"| poisonlab (Ray simulation, default config) | {p:.2f} | {p / f:.2f} |")
     print(
         f"\npoisonlab start-up (process start to first round, incl. Ray): {ours['startup']:.1f}s; "
-        f"peak RSS {ours['peak_mb']:.0f} MiB; accuracy after {args.rounds} rounds {ours['accuracy']:.4f}"
+        f"peak RSS {ours['peak_mb']:.0f} MiB; accuracy after {rounds} rounds {ours['accuracy']:.4f}"
     )
 
-    if args.skip_scale:
-        return
+
+def part_two(scale_clients: list[int]) -> None:
+    """All clients every round with a small model: round time and peak memory."""
     print("\n== Part 2: all clients every round, MLP, 120 samples each, batch 32 ==", flush=True)
     print("| clients | s/round (median) | start-up s | peak RSS MiB (all processes) |\n|---|---|---|---|")
-    for n in args.scale_clients:
+    for n in scale_clients:
         with tempfile.TemporaryDirectory() as tmp:
             res = run_poisonlab(
                 ["model=mlp", f"federation.num_clients={n}", f"federation.clients_per_round={n}",

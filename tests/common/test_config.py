@@ -42,12 +42,43 @@ def test_default_config_validates(fmnist_root):
         (["engine.client_cpus=0"], "engine.client_cpus must be > 0, got 0"),
         (["partition=dirichlet", "partition.alpha=0"], "partition.alpha must be > 0, got 0"),
         (["partition.samples_per_client=5000"], "exceeds the 60000 training samples"),
+        (["attack=label_flip", "attack.target=6"], "source and target must differ, got source=6, target=6"),
+        (["attack=label_flip", "attack.share=1.5"], "share must be in [0, 1], got share=1.5"),
+        (["attack=label_flip", "attack.num_malicious=51"], "got num_malicious=51; lower it or raise num_clients"),
+        (["attack=badnets", "attack.num_malicious=null", "attack.fraction=1.2"], "got fraction=1.2"),
+        (["attack=label_flip", "attack.source=12"], "attack.source=12 is not a class of this dataset (0..9)"),
+        (["attack=alie", "engine=deployment"], "only the simulation engine can run"),
+        (["attack=alie", "attack.num_malicious=30"], "s = floor(n/2 + 1) - m = -4 <= 0"),
+        (["attack=label_flip", "window=late", "attack.num_malicious=48"], "k=5 > 2 benign clients"),
+        (["strategy=krum", "strategy.f=2"], "krum needs n > 2f + 2 replies, got n=5 with f=2"),
+        (["strategy=bulyan"], "bulyan needs n >= 4f + 3 replies, got n=5 with f=1"),
+        (["strategy=trimmed_mean", "strategy.beta=0.5"], "beta must be in [0, 0.5), got beta=0.5"),
+        (["strategy=fltrust", "strategy.root_size=0"], "needs a clean root set: set strategy.root_size >= 1"),
     ],
 )
 def test_bad_values_are_named_in_the_error(overrides, message):
     with pytest.raises(ConfigError) as err:
         validate(composed(*overrides))
     assert message in str(err.value)
+
+
+def test_fraction_is_used_when_num_malicious_is_null_and_the_set_is_seeded():
+    a = validate(composed("attack=label_flip", "attack.num_malicious=null", "attack.fraction=0.2"))
+    b = validate(composed("attack=label_flip", "attack.num_malicious=10", "seed=1"))
+    assert len(a["attack"]["malicious_clients"]) == 10
+    assert a["attack"]["malicious_clients"] != list(range(10))
+    assert a["attack"]["malicious_clients"] != b["attack"]["malicious_clients"]
+    assert validate(composed("attack=none"))["attack"]["malicious_clients"] == []
+
+
+def test_every_strategy_and_attack_option_composes_with_a_valid_federation():
+    from pathlib import Path
+
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    for option in sorted(p.stem for p in (conf / "strategy").glob("*.yaml")):
+        validate(composed(f"strategy={option}", "federation.clients_per_round=10"))
+    for option in sorted(p.stem for p in (conf / "attack").glob("*.yaml")):
+        validate(composed(f"attack={option}", "federation.clients_per_round=10"))
 
 
 def test_missing_data_offline_names_the_expected_files(tmp_path, monkeypatch):
