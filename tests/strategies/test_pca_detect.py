@@ -69,3 +69,40 @@ def test_two_means_by_hand() -> None:
     assert labels[:3].unique().numel() == 1 and labels[3:].unique().numel() == 1 and labels[0] != labels[3]
     groups = sorted([centres[0].tolist(), centres[1].tolist()])
     assert groups[0] == [1 / 3, 1 / 3] and groups[1] == [10.5, 10.0]
+
+
+def test_stacking_rounds_finds_flippers_that_one_round_alone_cannot():
+    """Five clients a round, one of them shifted: alone a round is too small to split; stacked it is."""
+    torch.manual_seed(0)
+    features = 64
+    layout = Layout(("fc.weight",), (torch.Size([3, features]),), (0,))
+
+    def round_updates(shifted: bool) -> torch.Tensor:
+        rows = torch.randn(5, features)
+        if shifted:
+            rows[2] += 1.5
+        updates = torch.zeros(5, 3 * features)
+        updates[:, features : 2 * features] = rows  # source class 1
+        return updates
+
+    for history_rounds, expect_flags in ((0, False), (20, True)):
+        rule = PCADetect(source=1, start_round=1, history_rounds=history_rounds, min_rows=10)
+        flagged = []
+        for r in range(1, 13):
+            out = rule(round_updates(shifted=r % 2 == 0), RoundContext(server_round=r, layout=layout))
+            flagged.append(out.flagged.tolist())
+        late = flagged[4:]
+        if expect_flags:
+            assert all(f == ([2] if r % 2 == 0 else []) for r, f in zip(range(5, 13), late, strict=True)), flagged
+        else:
+            assert all(f == [] for f in late), flagged
+
+
+def test_stacking_without_attackers_flags_nobody():
+    torch.manual_seed(1)
+    layout = Layout(("fc.weight",), (torch.Size([3, 64]),), (0,))
+    rule = PCADetect(source=0, start_round=1)
+    for r in range(1, 31):
+        updates = torch.zeros(5, 192)
+        updates[:, :64] = torch.randn(5, 64)
+        assert rule(updates, RoundContext(server_round=r, layout=layout)).flagged.numel() == 0
