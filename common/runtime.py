@@ -8,6 +8,7 @@ generators. Anything expensive is computed once per process.
 
 from __future__ import annotations
 
+import copy
 import json
 from functools import lru_cache
 from typing import Any
@@ -33,15 +34,30 @@ def dataset_of(cfg: dict[str, Any]) -> DatasetTensors:
 
 
 def build_model(cfg: dict[str, Any], seed: int | None = None) -> nn.Module:
-    """Instantiate the configured model (initialised from ``seed`` when given)."""
+    """The configured model: initialised from ``seed`` when given, else a copy of a cached template.
+
+    Clients overwrite every weight with the global model at once, so they take a
+    deep copy of one template per process instead of paying for Hydra's
+    instantiation on every message.
+    """
+    if seed is None:
+        return copy.deepcopy(_template(json.dumps(cfg["model"], sort_keys=True), cfg["dataset"]["name"]))
+    torch.manual_seed(seed)
+    return _instantiate_model(cfg["model"], cfg["dataset"]["name"])
+
+
+def _instantiate_model(section: dict[str, Any], dataset: str) -> nn.Module:
     from common.config import instantiate_component
 
-    spec = spec_of(cfg["dataset"]["name"])
-    if seed is not None:
-        torch.manual_seed(seed)
+    spec = spec_of(dataset)
     return instantiate_component(
-        cfg["model"], "model", num_classes=spec.num_classes, in_channels=spec.channels, image_size=spec.size
+        section, "model", num_classes=spec.num_classes, in_channels=spec.channels, image_size=spec.size
     )
+
+
+@lru_cache(maxsize=4)
+def _template(model_json: str, dataset: str) -> nn.Module:
+    return _instantiate_model(json.loads(model_json), dataset)
 
 
 @lru_cache(maxsize=8)
