@@ -121,7 +121,7 @@ def _plt():
     return plt
 
 
-def dose_response(rows: list[dict[str, Any]], out: Path) -> Path | None:
+def dose_response(rows: list[dict[str, Any]], out: Path, k: int = 10) -> Path | None:
     """Source recall and accuracy against the malicious share, one line per other condition."""
     rows = [r for r in rows if r.get("malicious_share") is not None and r.get("source_recall_mean") is not None]
     shares = {r["malicious_share"] for r in rows}
@@ -134,7 +134,7 @@ def dose_response(rows: list[dict[str, Any]], out: Path) -> Path | None:
         ax.errorbar([p[0] * 100 for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3)
         ax.set(xlabel="malicious clients (%)", ylabel=label, ylim=(0, 1))
         ax.grid(alpha=0.3)
-    fig.suptitle("Dose-response (mean +- std over seeds, last-round averages)")
+    fig.suptitle(f"Dose-response (mean +- std over seeds of last-{k}-round averages)")
     fig.tight_layout()
     path = out / "dose_response.png"
     fig.savefig(path, dpi=110)
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = summarize(runs, args.last)
     write_tables(rows, out, args.last)
     made = [out / "sweep_summary.csv", out / "sweep_summary.md"]
-    made += [p for p in (dose_response(rows, out),) if p]
+    made += [p for p in (dose_response(rows, out, args.last),) if p]
     made += [p for m in ("source_recall", "asr", "accuracy") if (p := per_round(runs, out, m))]
     made += heatmaps(rows, out)
     print((out / "sweep_summary.md").read_text())
