@@ -142,9 +142,7 @@ def train(msg: Message, context: Context) -> Message:
     model.load_state_dict(global_state)
     channels_last = uses_channels_last(model, cfg)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
-    )
+    optimizer = settings.sgd(model.parameters())
     participations = _load_optimizer_state(optimizer, context) if settings.keep_optimizer_state else 0
     for group in optimizer.param_groups:
         group["lr"] = settings.lr_at(participations)

@@ -9,7 +9,7 @@ that a DP optimizer (Opacus) can wrap the model, the optimizer and the batches.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +43,12 @@ class LocalTraining:
     lr_step: int = 10
     lr_gamma: float = 0.1
     keep_optimizer_state: bool = True
+
+    def sgd(self, params: Iterable[Tensor], participations: int = 0) -> torch.optim.SGD:
+        """The client's SGD optimizer, at the learning rate of its ``participations``-th participation."""
+        return torch.optim.SGD(
+            params, lr=self.lr_at(participations), momentum=self.momentum, weight_decay=self.weight_decay
+        )
 
     def lr_at(self, participations: int) -> float:
         """Learning rate for a client's ``participations``-th participation (0-based)."""

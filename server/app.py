@@ -160,7 +160,7 @@ def root_set_update(cfg: dict[str, Any], codec: ModelCodec, root_size: int, seed
         calls[0] += 1
         model = build_model(cfg)
         model.load_state_dict(global_state)
-        optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum)
+        optimizer = settings.sgd(model.parameters())
         train_epochs(model, optimizer, x, y, spec=data.spec, batch_size=settings.batch_size,
                      epochs=settings.epochs, generator=generator(seed, calls[0], 7))  # fmt: skip
         return codec.to_vector(model.state_dict()) - codec.to_vector(global_state)
