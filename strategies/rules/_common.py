@@ -93,24 +93,28 @@ def row_norms(x: Tensor) -> Tensor:
     return torch.linalg.vector_norm(x, dim=1, dtype=acc_dtype(x.dtype))
 
 
-def gram(x: Tensor, center: Tensor | None = None) -> Tensor:
+def gram(x: Tensor, center: Tensor | None = None, rows: Tensor | None = None) -> Tensor:
     """``(x - center) @ (x - center).T`` accumulated over column chunks.
 
     Returns an ``(n, n)`` matrix in the accumulation dtype. ``center`` is a
     ``(d,)`` vector subtracted from every row (``None``: no centring).
+    ``rows`` restricts the matrix to those rows of ``x`` (read chunk by chunk,
+    never copied whole).
     """
-    n, d = x.shape
+    n = x.shape[0] if rows is None else int(rows.numel())
+    d = x.shape[1]
     acc = acc_dtype(x.dtype)
     g = torch.zeros(n, n, dtype=acc, device=x.device)
     for cols in column_slices(n, d, x.device):
-        block = x[:, cols].to(acc)
+        block = (x[:, cols] if rows is None else x[rows, cols]).to(acc)
         if center is not None:
             block = block - center[cols].to(acc)
         g.addmm_(block, block.T)
     return (g + g.T) / 2  # exactly symmetric, whatever the BLAS summation order
 
 
-def _sq_dists_from_gram(g: Tensor) -> Tensor:
+def sq_dists_from_gram(g: Tensor) -> Tensor:
+    """Squared distances ``g_ii + g_jj - 2 g_ij`` from a Gram matrix, clamped at 0, zero diagonal."""
     sq = torch.diagonal(g)
     dist = (sq[:, None] + sq[None, :] - 2.0 * g).clamp_min_(0.0)
     dist.fill_diagonal_(0.0)
@@ -131,22 +135,40 @@ def pairwise_sq_dists(x: Tensor) -> Tensor:
     n = x.shape[0]
     if n == 1:
         return torch.zeros(1, 1, dtype=acc_dtype(x.dtype), device=x.device)
-    g = gram(x, x.mean(dim=0, dtype=acc_dtype(x.dtype)))
-    dist = _sq_dists_from_gram(g)
+    g = centered_gram(x)
+    dist = sq_dists_from_gram(g)
+    if not gram_distances_accurate(g, dist) and bool(torch.isfinite(dist).all()):
+        medoid = int(torch.argmin(dist.median(dim=1).values))
+        dist = sq_dists_from_gram(gram(x, x[medoid]))
+    return dist
+
+
+def centered_gram(x: Tensor) -> Tensor:
+    """The Gram matrix of the rows centred at their mean (see :func:`gram`)."""
+    return gram(x, x.mean(dim=0, dtype=acc_dtype(x.dtype)))
+
+
+def gram_distances_accurate(g: Tensor, dist: Tensor) -> bool:
+    """Whether every row's distance to its nearest neighbour, taken from ``g``, is accurate to 1e-3.
+
+    The Gram trick loses ``8 eps (|a|^2 + |b|^2)`` to cancellation; when that
+    bound exceeds 1e-3 of the nearest-neighbour distance somewhere (a far
+    outlier dragging the centre away), the distances are not trusted.
+    """
+    n = g.shape[0]
+    if n == 1:
+        return True
     sq = torch.diagonal(g)
     eps = torch.finfo(g.dtype).eps
     off = dist + torch.diag(torch.full((n,), float("inf"), dtype=dist.dtype, device=dist.device))
     nearest, who = off.min(dim=1)
     bound = 8.0 * eps * (sq + sq[who])
-    if bool((bound > 1e-3 * nearest).any()) and bool(torch.isfinite(dist).all()):
-        medoid = int(torch.argmin(dist.median(dim=1).values))
-        dist = _sq_dists_from_gram(gram(x, x[medoid]))
-    return dist
+    return not bool((bound > 1e-3 * nearest).any())
 
 
-def cosine_similarity_matrix(x: Tensor) -> Tensor:
-    """Pairwise cosine similarities of the rows, ``(n, n)``; a zero row has similarity 0."""
-    g = gram(x)
+def cosine_similarity_matrix(x: Tensor, rows: Tensor | None = None) -> Tensor:
+    """Pairwise cosine similarities of the rows (``rows`` of them only), ``(n, n)``; a zero row has similarity 0."""
+    g = gram(x, rows=rows)
     norms = torch.sqrt(torch.diagonal(g).clamp_min(0.0))
     safe = torch.where(norms > 0, norms, torch.ones_like(norms))
     cos = g / safe[:, None] / safe[None, :]

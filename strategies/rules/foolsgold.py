@@ -46,10 +46,13 @@ from strategies.rules._common import (
 from strategies.rules.base import Aggregate, RoundContext, RuleConfigError, check_updates
 
 
-def foolsgold_weights(history: Tensor, kappa: float = 1.0) -> Tensor:
-    """FoolsGold's per-client weights in ``[0, 1]`` from the ``(n, d)`` histories (float64)."""
-    n = history.shape[0]
-    cs = cosine_similarity_matrix(history).to(torch.float64)
+def foolsgold_weights(history: Tensor, kappa: float = 1.0, rows: Tensor | None = None) -> Tensor:
+    """FoolsGold's per-client weights in ``[0, 1]`` from the ``(n, d)`` histories (float64).
+
+    ``rows`` picks this round's clients out of a larger history store.
+    """
+    n = history.shape[0] if rows is None else int(rows.numel())
+    cs = cosine_similarity_matrix(history, rows=rows).to(torch.float64)
     cs = cs - torch.eye(n, dtype=cs.dtype, device=cs.device)
     maxcs = cs.max(dim=1).values
     pardon = maxcs[:, None] < maxcs[None, :]
@@ -66,7 +69,9 @@ def foolsgold_weights(history: Tensor, kappa: float = 1.0) -> Tensor:
     return logit.clamp(0.0, 1.0)
 
 
-def foolsgold(updates: Tensor, *, history: Tensor | None = None, kappa: float = 1.0) -> Aggregate:
+def foolsgold(
+    updates: Tensor, *, history: Tensor | None = None, kappa: float = 1.0, rows: Tensor | None = None
+) -> Aggregate:
     """FoolsGold aggregation of this round's ``updates`` given the clients' histories.
 
     Parameters
@@ -76,6 +81,9 @@ def foolsgold(updates: Tensor, *, history: Tensor | None = None, kappa: float = 
     history : Tensor, optional
         ``(n, d)`` each client's summed updates *including* this round's;
         ``None`` uses ``updates`` (per-round similarity).
+    rows : Tensor, optional
+        With ``rows``, ``history`` is a larger store and ``history[rows]`` are
+        this round's clients, in the order of ``updates``.
     kappa : float
         Confidence of the logit (> 0); 1 in the reference code.
 
@@ -87,9 +95,10 @@ def foolsgold(updates: Tensor, *, history: Tensor | None = None, kappa: float = 
     kappa = float_param("foolsgold", "kappa", kappa, low=0.0, low_open=True)
     n = check_updates(updates)
     h = updates if history is None else history
-    if tuple(h.shape) != tuple(updates.shape):
-        raise ValueError(f"foolsgold: history has shape {tuple(h.shape)}, updates {tuple(updates.shape)}")
-    wv = foolsgold_weights(h, kappa).to(updates.device)
+    picked = (h.shape[0] if rows is None else int(rows.numel()), h.shape[1])
+    if picked != tuple(updates.shape):
+        raise ValueError(f"foolsgold: history rows have shape {picked}, updates {tuple(updates.shape)}")
+    wv = foolsgold_weights(h, kappa, rows=rows).to(updates.device)
     total = float(wv.sum())
     coef = wv / total if total > 0 else wv
     acc = acc_dtype(updates.dtype)
@@ -133,7 +142,8 @@ class FoolsGold:
         if n < 1:
             raise RuleConfigError(f"foolsgold needs at least 1 reply, got n={n}")
 
-    def _history(self, updates: Tensor, ids: list[int]) -> Tensor:
+    def _history(self, updates: Tensor, ids: list[int]) -> tuple[Tensor, Tensor]:
+        """Add this round's updates to the store; return ``(store, rows of this round's clients)``."""
         n, d = updates.shape
         if len(ids) != n:
             raise ValueError(f"foolsgold: {len(ids)} client ids for {n} updates")
@@ -157,10 +167,12 @@ class FoolsGold:
             self._store = grown
         rows = torch.tensor([self._rows[i] for i in ids], dtype=torch.long, device=updates.device)
         self._store.index_add_(0, rows, updates.to(acc))
-        return self._store.index_select(0, rows)
+        return self._store, rows
 
     def __call__(self, updates: Tensor, context: RoundContext | None = None) -> Aggregate:
         ids = context.client_ids if context is not None else None
         check_updates(updates)
-        history = None if ids is None else self._history(updates, list(ids))
-        return foolsgold(updates, history=history, kappa=self.kappa)
+        if ids is None:
+            return foolsgold(updates, kappa=self.kappa)
+        store, rows = self._history(updates, list(ids))
+        return foolsgold(updates, history=store, rows=rows, kappa=self.kappa)

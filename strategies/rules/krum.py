@@ -32,6 +32,8 @@ call ``select_multikrum``):
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import Tensor
 
@@ -74,27 +76,50 @@ def krum_order(sq_dists: Tensor, f: int) -> tuple[Tensor, Tensor]:
     return by_total[torch.argsort(scores[by_total], stable=True)], scores
 
 
-def _multikrum(updates: Tensor, f: int, m: int, rule: str) -> Aggregate:
-    n = check_updates(updates)
+def _check(rule: str, n: int, f: int, m: int) -> tuple[int, int]:
     f = int_param(rule, "f", f, minimum=0)
     check_krum_clients(rule, n, f)
     m = int_param(rule, "m", m, minimum=1)
     if m > n:
         raise RuleConfigError(f"{rule}: m must be <= n, got m={m} with n={n}")
-    dist = pairwise_sq_dists(updates)
-    order, scores = krum_order(dist, f)
+    return f, m
+
+
+def multikrum_decision(sq_dists: Tensor, f: int, m: int, rule: str = "multikrum") -> Aggregate:
+    """Multi-Krum's decision from the ``(n, n)`` squared distances alone, without the vector.
+
+    Returns an :class:`Aggregate` whose ``vector`` is empty; ``weights``
+    (``1/m`` on the ``m`` best rows) are in the distances' dtype. Used by
+    :func:`krum`/:func:`multikrum` and by pre-aggregators that know the
+    distances between mixed rows without forming them.
+    """
+    n = sq_dists.shape[0]
+    f, m = _check(rule, n, f, m)
+    device = sq_dists.device
+    order, scores = krum_order(sq_dists, f)
     best = order[:m]
-    weights = torch.zeros(n, dtype=updates.dtype, device=updates.device)
+    weights = torch.zeros(n, dtype=sq_dists.dtype, device=device)
     weights[best] = 1.0 / m
-    selected = as_index(best.cpu()).to(updates.device)
-    flagged_mask = torch.ones(n, dtype=torch.bool, device=updates.device)
+    flagged_mask = torch.ones(n, dtype=torch.bool, device=device)
     flagged_mask[best] = False
     return Aggregate(
+        vector=torch.zeros(0, dtype=sq_dists.dtype, device=device),
+        weights=weights,
+        selected=as_index(best.cpu()).to(device),
+        flagged=everyone(n, device)[flagged_mask],
+        info={"neighbours": float(n - f - 2), "best_score": float(scores[order[0]])},
+    )
+
+
+def _multikrum(updates: Tensor, f: int, m: int, rule: str) -> Aggregate:
+    n = check_updates(updates)
+    _check(rule, n, f, m)
+    decision = multikrum_decision(pairwise_sq_dists(updates), f, m, rule)
+    weights = decision.weights.to(updates.dtype)
+    return dataclasses.replace(
+        decision,
         vector=finish(weighted_sum(updates, weights), updates),
         weights=weights,
-        selected=selected,
-        flagged=everyone(n, updates.device)[flagged_mask],
-        info={"neighbours": float(n - f - 2), "best_score": float(scores[order[0]])},
     )
 
 
@@ -156,6 +181,10 @@ class Krum:
     def __call__(self, updates: Tensor, context: RoundContext | None = None) -> Aggregate:
         return krum(updates, f=self.f)
 
+    def decide_from_sq_dists(self, sq_dists: Tensor) -> Aggregate:
+        """The decision (no vector) from the rows' squared distances; see :func:`multikrum_decision`."""
+        return multikrum_decision(sq_dists, self.f, 1, "krum")
+
 
 class MultiKrum:
     """Multi-Krum as a configured rule (see :func:`multikrum`).
@@ -180,3 +209,8 @@ class MultiKrum:
 
     def __call__(self, updates: Tensor, context: RoundContext | None = None) -> Aggregate:
         return multikrum(updates, f=self.f, m=self.m)
+
+    def decide_from_sq_dists(self, sq_dists: Tensor) -> Aggregate:
+        """The decision (no vector) from the rows' squared distances; see :func:`multikrum_decision`."""
+        n = sq_dists.shape[0]
+        return multikrum_decision(sq_dists, self.f, n - self.f if self.m is None else self.m)

@@ -22,6 +22,12 @@ positive weight, ``flagged`` = rows *all* of whose output rows the rule
 flagged. The rule sees a context without ``client_ids`` and ``weights`` (mixed
 rows are no longer clients), so stateful per-client rules fall back to their
 per-round behaviour and ``weighted`` rules refuse to run.
+
+When the rule decides from distances alone (Krum, Multi-Krum) and every
+pre-aggregator can build its membership from a Gram matrix (both here can),
+:class:`Composed` never forms the mixed rows: it mixes the ``(n, n)`` centred
+Gram matrix (``M G M^T``) and takes one weighted sum of the original rows at the
+end. Same decision and aggregate, without the ``(n', d)`` mixed matrix.
 """
 
 from __future__ import annotations
@@ -33,7 +39,17 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from strategies.rules._common import acc_dtype, int_param, pairwise_sq_dists, require_generator
+from strategies.rules._common import (
+    acc_dtype,
+    centered_gram,
+    finish,
+    gram_distances_accurate,
+    int_param,
+    pairwise_sq_dists,
+    require_generator,
+    sq_dists_from_gram,
+    weighted_sum,
+)
 from strategies.rules.base import Aggregate, RoundContext, RuleConfigError, check_updates
 
 
@@ -58,14 +74,21 @@ def bucketing(updates: Tensor, *, s: int, generator: torch.Generator) -> tuple[T
     """
     s = int_param("bucketing", "s", s, minimum=1)
     n = check_updates(updates)
-    perm = torch.randperm(n, generator=generator, device=generator.device).to(updates.device)
-    buckets = math.ceil(n / s)
-    membership = torch.zeros(buckets, n, dtype=acc_dtype(updates.dtype), device=updates.device)
-    position = torch.arange(n, device=updates.device)
-    bucket_of = position // s
-    sizes = torch.bincount(bucket_of, minlength=buckets).to(membership.dtype)
-    membership[bucket_of, perm] = 1.0 / sizes[bucket_of]
+    membership = bucketing_membership(n, s, generator, updates.device, acc_dtype(updates.dtype))
     return _mix(updates, membership), membership
+
+
+def bucketing_membership(
+    n: int, s: int, generator: torch.Generator, device: torch.device, dtype: torch.dtype
+) -> Tensor:
+    """The ``(ceil(n / s), n)`` membership of :func:`bucketing` (one permutation drawn from ``generator``)."""
+    perm = torch.randperm(n, generator=generator, device=generator.device).to(device)
+    buckets = math.ceil(n / s)
+    membership = torch.zeros(buckets, n, dtype=dtype, device=device)
+    bucket_of = torch.arange(n, device=device) // s
+    sizes = torch.bincount(bucket_of, minlength=buckets).to(dtype)
+    membership[bucket_of, perm] = 1.0 / sizes[bucket_of]
+    return membership
 
 
 def nearest_neighbor_mixing(updates: Tensor, *, f: int) -> tuple[Tensor, Tensor]:
@@ -82,12 +105,19 @@ def nearest_neighbor_mixing(updates: Tensor, *, f: int) -> tuple[Tensor, Tensor]
     n = check_updates(updates)
     if f >= n:
         raise RuleConfigError(f"nnm needs f < n, got f={f} with n={n}")
-    dist = pairwise_sq_dists(updates)
+    membership = nnm_membership(pairwise_sq_dists(updates), f)
+    return _mix(updates, membership), membership
+
+
+def nnm_membership(sq_dists: Tensor, f: int) -> Tensor:
+    """The ``(n, n)`` membership of :func:`nearest_neighbor_mixing` from the rows' squared distances."""
+    n = sq_dists.shape[0]
+    dist = sq_dists.clone()
     dist.fill_diagonal_(-1.0)  # a row is always its own nearest neighbour
     near = torch.topk(dist, n - f, dim=1, largest=False).indices
-    membership = torch.zeros(n, n, dtype=dist.dtype, device=updates.device)
+    membership = torch.zeros(n, n, dtype=dist.dtype, device=dist.device)
     membership.scatter_(1, near, 1.0 / (n - f))
-    return _mix(updates, membership), membership
+    return membership
 
 
 class PreAggregator(Protocol):
@@ -124,6 +154,11 @@ class Bucketing:
         generator = require_generator("bucketing", context.generator if context is not None else None)
         return bucketing(updates, s=self.s, generator=generator)
 
+    def membership_from_gram(self, g: Tensor, context: RoundContext | None) -> Tensor:
+        """The membership for rows whose centred Gram matrix is ``g`` (draws the same permutation)."""
+        generator = require_generator("bucketing", context.generator if context is not None else None)
+        return bucketing_membership(g.shape[0], self.s, generator, g.device, g.dtype)
+
 
 class NearestNeighborMixing:
     """Nearest-neighbour mixing as a configured pre-aggregator (see :func:`nearest_neighbor_mixing`).
@@ -145,6 +180,12 @@ class NearestNeighborMixing:
 
     def __call__(self, updates: Tensor, context: RoundContext | None = None) -> tuple[Tensor, Tensor]:
         return nearest_neighbor_mixing(updates, f=self.f)
+
+    def membership_from_gram(self, g: Tensor, context: RoundContext | None) -> Tensor:
+        """The membership for rows whose centred Gram matrix is ``g``."""
+        if g.shape[0] <= self.f:
+            raise RuleConfigError(f"nnm needs f < n, got f={self.f} with n={g.shape[0]}")
+        return nnm_membership(sq_dists_from_gram(g), self.f)
 
 
 class Rule(Protocol):
@@ -186,15 +227,48 @@ class Composed:
             n = p.output_size(n)
         self.rule.check_clients(n)
 
+    def _in_gram_space(self) -> bool:
+        return hasattr(self.rule, "decide_from_sq_dists") and all(
+            hasattr(p, "membership_from_gram") for p in self.preaggregators
+        )
+
+    def _decide_in_gram_space(self, updates: Tensor, ctx: RoundContext) -> tuple[Tensor, Aggregate] | None:
+        """Mix and decide on the ``(n, n)`` centred Gram matrix alone, never forming the mixed rows.
+
+        The mixed rows ``M x`` have the Gram matrix ``M G M^T``, and distances
+        between rows do not depend on the centre, so a rule that decides from
+        distances (Krum, Multi-Krum) needs only ``G``; the aggregate is then
+        one weighted sum of the original rows. ``None`` when the distances of
+        the original rows would not be accurate (the caller mixes explicitly).
+        """
+        g = centered_gram(updates)
+        if not gram_distances_accurate(g, sq_dists_from_gram(g)):
+            return None
+        membership = torch.eye(g.shape[0], dtype=g.dtype, device=g.device)
+        for p in self.preaggregators:
+            step = p.membership_from_gram(g, ctx).to(g.dtype)
+            membership = step @ membership
+            g = step @ g @ step.T
+            g = (g + g.T) / 2
+        return membership, self.rule.decide_from_sq_dists(sq_dists_from_gram(g))
+
     def __call__(self, updates: Tensor, context: RoundContext | None = None) -> Aggregate:
         n = check_updates(updates)
         ctx = context if context is not None else RoundContext()
-        mixed = updates
-        membership = torch.eye(n, dtype=acc_dtype(updates.dtype), device=updates.device)
-        for p in self.preaggregators:
-            mixed, step = p(mixed, ctx)
-            membership = step.to(membership.dtype) @ membership
-        inner = self.rule(mixed, dataclasses.replace(ctx, client_ids=None, weights=None))
+        decided = self._decide_in_gram_space(updates, ctx) if self._in_gram_space() else None
+        if decided is not None:
+            membership, inner = decided
+            membership = membership.to(acc_dtype(updates.dtype))
+            coef = membership.T @ inner.weights.to(membership.dtype)
+            vector = finish(weighted_sum(updates, coef), updates)
+        else:
+            mixed = updates
+            membership = torch.eye(n, dtype=acc_dtype(updates.dtype), device=updates.device)
+            for p in self.preaggregators:
+                mixed, step = p(mixed, ctx)
+                membership = step.to(membership.dtype) @ membership
+            inner = self.rule(mixed, dataclasses.replace(ctx, client_ids=None, weights=None))
+            vector = inner.vector
         weights = membership.T @ inner.weights.to(device=membership.device, dtype=membership.dtype)
         out_flagged = torch.zeros(membership.shape[0], dtype=torch.bool, device=updates.device)
         out_flagged[inner.flagged.to(updates.device)] = True
@@ -204,7 +278,7 @@ class Composed:
         info = dict(inner.info)
         info["mixed_rows"] = float(membership.shape[0])
         return Aggregate(
-            vector=inner.vector,
+            vector=vector,
             weights=weights.to(updates.dtype),
             selected=rows[weights > 0],
             flagged=rows[flagged & (touches.sum(dim=0) > 0)],

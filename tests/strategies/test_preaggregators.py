@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from strategies.rules.base import Aggregate, RoundContext
-from strategies.rules.krum import Krum
+from strategies.rules.krum import Krum, MultiKrum
 from strategies.rules.mean import Mean
 from strategies.rules.median import Median
 from strategies.rules.preaggregators import (
@@ -109,3 +109,52 @@ def test_composed_hides_client_identity_from_the_rule() -> None:
     ctx = RoundContext(server_round=4, client_ids=[1, 2, 3], weights=torch.ones(3) / 3)
     Composed(Spy(), [NearestNeighborMixing(f=1)])(rows(3), ctx)
     assert seen[0].client_ids is None and seen[0].weights is None and seen[0].server_round == 4
+
+
+def _explicitly_mixed(rule: Krum, pre: list, x: torch.Tensor, seed: int) -> Aggregate:
+    """The Composed decision computed the slow way: form the mixed rows, run the rule on them."""
+    ctx = RoundContext(generator=torch.Generator().manual_seed(seed))
+    mixed, membership = x, torch.eye(x.shape[0], dtype=x.dtype)
+    for p in pre:
+        mixed, step = p(mixed, ctx)
+        membership = step @ membership
+    inner = rule(mixed, ctx)
+    return Aggregate(
+        vector=inner.vector, weights=membership.T @ inner.weights, selected=inner.selected, flagged=inner.flagged
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: (Krum(f=2), [NearestNeighborMixing(f=2)]),
+        lambda: (MultiKrum(f=1), [Bucketing(s=2)]),
+        lambda: (Krum(f=1), [Bucketing(s=2), NearestNeighborMixing(f=1)]),
+        lambda: (MultiKrum(f=2, m=3), [NearestNeighborMixing(f=2), NearestNeighborMixing(f=2)]),
+    ],
+    ids=["nnm+krum", "bucketing+multikrum", "bucketing+nnm+krum", "nnm+nnm+multikrum"],
+)
+def test_composed_krum_without_forming_mixed_rows_equals_mixing_explicitly(make, seed: int) -> None:
+    n = 12
+    x = rows(n, d=40, seed=seed)
+    x[:2] += 8.0  # two far rows, so the choice is not arbitrary
+    rule, pre = make()
+    composed = Composed(rule, pre)
+    assert composed._in_gram_space()
+    got = composed(x, RoundContext(generator=torch.Generator().manual_seed(seed)))
+    want = _explicitly_mixed(rule, pre, x, seed)
+    torch.testing.assert_close(got.vector, want.vector, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got.weights, want.weights, rtol=1e-10, atol=1e-12)
+
+
+def test_composed_falls_back_to_mixing_when_gram_distances_are_inaccurate() -> None:
+    # A row 1e9 away drags the centre: the Gram-space distances are not trusted, rows get mixed.
+    x = rows(12, d=30, seed=4).to(torch.float32)
+    x[11] = 1e9
+    composed = Composed(Krum(f=2), [NearestNeighborMixing(f=2)])
+    assert composed._decide_in_gram_space(x, RoundContext()) is None
+    got = composed(x, RoundContext())
+    want = _explicitly_mixed(Krum(f=2), [NearestNeighborMixing(f=2)], x, 0)
+    assert torch.equal(got.vector, want.vector)
+    assert got.weights[11] == 0
