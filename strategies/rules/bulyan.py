@@ -29,6 +29,10 @@ Other differences from Flower:
   central row (smaller total distance to the rows in play), then to the lower
   index; Flower takes the first tied row in reply order, so its result can
   depend on the order in which replies arrive;
+* in stage 2, when values on both sides of the median sit at exactly the
+  ``beta``-th distance and not all of them fit, the free slots take their
+  average (order-independent); Flower's ``argsort`` keeps whichever comes
+  first. Without such exact ties the two agree;
 * Flower's ``Bulyan`` logs a warning and skips the round when
   ``n < 4f + 3``; here :class:`RuleConfigError` is raised.
 
