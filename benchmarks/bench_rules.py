@@ -21,6 +21,7 @@ Examples::
 
     python benchmarks/bench_rules.py                       # the full grid (long!)
     python benchmarks/bench_rules.py --n 10 --d 1000 --repeats 2  # smoke test
+    python benchmarks/bench_rules.py --n 1000 --d 551466 --flower-repeats 1 --flower-warmup 0 --timeout 900
     python benchmarks/bench_rules.py --device cuda --rules krum bulyan flwr_krum flwr_bulyan
 """
 
@@ -292,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--d", type=int, nargs="+", default=[29034, 551466, 11_000_000], help="update sizes")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per case (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
+    parser.add_argument("--flower-repeats", type=int, help="timed runs of Flower's strategies (default --repeats)")
+    parser.add_argument("--flower-warmup", type=int, help="untimed runs of Flower's strategies (default --warmup)")
     parser.add_argument("--device", default="cpu", help="device for our rules (Flower is numpy on CPU)")
     parser.add_argument("--rules", nargs="+", default=OURS + FLOWER, choices=OURS + FLOWER, metavar="RULE")
     parser.add_argument("--f-fraction", type=float, default=0.1, help="f = fraction * n, capped at (n-3)//4")
@@ -323,13 +326,14 @@ def main(argv: list[str] | None = None) -> int:
                         f"(input {input_gb:.2f} GB x {factor}) > --max-gb {args.max_gb}"
                     )
                     continue
+                flower = rule.startswith("flwr_")
                 spec = {
                     "rule": rule,
                     "n": n,
                     "d": d,
                     "f": f,
-                    "repeats": args.repeats,
-                    "warmup": args.warmup,
+                    "repeats": args.flower_repeats if flower and args.flower_repeats else args.repeats,
+                    "warmup": args.flower_warmup if flower and args.flower_warmup is not None else args.warmup,
                     "device": args.device,
                     "arrays": args.arrays,
                     "threads": args.threads,
