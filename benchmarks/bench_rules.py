@@ -43,9 +43,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Rough peak memory of a case as a multiple of the (n, d) float32 input, for skipping.
 OURS_FACTOR = 2.0
-HEAVY_FACTOR = 3.5  # rules that hold a second (n, d) matrix (mixing, FoolsGold history)
+HEAVY_FACTOR = 3.5  # rules that hold a second (n, d) matrix (bucket means, FoolsGold history)
 FLOWER_FACTOR = 4.5  # replies + flattened copies + stacked arrays
-HEAVY = {"foolsgold", "nnm+krum", "bucketing+median"}
+HEAVY = {"foolsgold", "bucketing+median"}
 
 OURS = [
     "mean",
