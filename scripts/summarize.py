@@ -41,10 +41,20 @@ def load_runs(folders: list[Path]) -> list[dict[str, Any]]:
             lines = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
             config_file = job / "config.json"
             config = json.loads(config_file.read_text()) if config_file.exists() else {}
+            hydra_file = job / ".hydra" / "hydra.yaml"
+            hydra = yaml.safe_load(hydra_file.read_text()) if hydra_file.exists() else None
+            choices = ((hydra or {}).get("hydra", {}).get("runtime", {}) or {}).get("choices", {}) or {}
             if len(lines) < 2:
                 continue
             runs.append(
-                {"job": job, "condition": condition, "seed": config.get("seed"), "config": config, "lines": lines}
+                {
+                    "job": job,
+                    "condition": condition,
+                    "seed": config.get("seed"),
+                    "config": config,
+                    "choices": choices,
+                    "lines": lines,
+                }
             )
     return runs
 
@@ -78,7 +88,8 @@ def summarize(runs: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
             fed = cfg["federation"]
             row["malicious_share"] = len(cfg["attack"].get("malicious_clients", [])) / fed["num_clients"]
             row["attack"] = cfg["attack"].get("name", "none")
-            row["strategy"] = cfg["strategy"]["_target_"].rsplit(".", 1)[-1]
+            # the option name (fedavg, fedavg_weighted, krum, ...), else the rule's class
+            row["strategy"] = members[0]["choices"].get("strategy") or cfg["strategy"]["_target_"].rsplit(".", 1)[-1]
             row["rounds"] = min(len(m["lines"]) - 1 for m in members)
         for metric in METRICS:
             values = [v for m in members if (v := last_k_average(m["lines"], metric, k)) is not None]

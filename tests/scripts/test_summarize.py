@@ -9,9 +9,12 @@ import yaml
 from scripts.summarize import main
 
 
-def fake_run(folder, overrides, seed, accuracies, source_recalls, malicious):
+def fake_run(folder, overrides, seed, accuracies, source_recalls, malicious, strategy_option=None):
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([*overrides, f"seed={seed}"]))
+    if strategy_option:
+        choices = {"hydra": {"runtime": {"choices": {"strategy": strategy_option, "attack": "label_flip"}}}}
+        (folder / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(choices))
     cfg = {
         "seed": seed,
         "federation": {"num_clients": 50},
@@ -45,6 +48,16 @@ def test_groups_by_overrides_less_seed_and_averages_the_last_rounds(tmp_path):
     assert "| attack.num_malicious=10 | 1 |" in (tmp_path / "sweep_summary.md").read_text()
     assert (tmp_path / "dose_response.png").stat().st_size > 10_000
     assert (tmp_path / "per_round_source_recall.png").exists()
+
+
+def test_strategies_are_named_by_their_option_not_their_class(tmp_path):
+    # fedavg and fedavg_weighted are both the Mean class: the heatmap needs the option names
+    fake_run(tmp_path / "0", ["strategy=fedavg"], 0, [0.5, 0.6], [0.1, 0.2], 10, strategy_option="fedavg")
+    fake_run(tmp_path / "1", ["strategy=fedavg_weighted"], 0, [0.5, 0.7], [0.1, 0.2], 10, "fedavg_weighted")
+    fake_run(tmp_path / "2", ["strategy=other"], 0, [0.5, 0.7], [0.1, 0.2], 10)  # no hydra.yaml: the class
+    main([str(tmp_path)])
+    names = sorted(r["strategy"] for r in csv.DictReader((tmp_path / "sweep_summary.csv").open()))
+    assert names == ["Mean", "fedavg", "fedavg_weighted"]
 
 
 def test_an_empty_folder_is_a_clear_error(tmp_path, capsys):
