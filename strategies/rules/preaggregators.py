@@ -259,8 +259,6 @@ class Composed:
         if decided is not None:
             membership, inner = decided
             membership = membership.to(acc_dtype(updates.dtype))
-            coef = membership.T @ inner.weights.to(membership.dtype)
-            vector = finish(weighted_sum(updates, coef), updates)
         else:
             mixed = updates
             membership = torch.eye(n, dtype=acc_dtype(updates.dtype), device=updates.device)
@@ -268,8 +266,9 @@ class Composed:
                 mixed, step = p(mixed, ctx)
                 membership = step.to(membership.dtype) @ membership
             inner = self.rule(mixed, dataclasses.replace(ctx, client_ids=None, weights=None))
-            vector = inner.vector
         weights = membership.T @ inner.weights.to(device=membership.device, dtype=membership.dtype)
+        # in Gram space the rule never saw rows: its aggregate is the weighted sum of the originals
+        vector = inner.vector if decided is None else finish(weighted_sum(updates, weights), updates)
         out_flagged = torch.zeros(membership.shape[0], dtype=torch.bool, device=updates.device)
         out_flagged[inner.flagged.to(updates.device)] = True
         touches = membership > 0  # (n', n): output row b uses input row i
