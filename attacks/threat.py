@@ -28,13 +28,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-# Tag mixed into the run seed so that the malicious draw is a stream of its own,
-# independent of every other use of the same seed (partitioning, training, ...).
-_MALICIOUS_STREAM = 0x4D414C  # "MAL"
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+from attacks._checks import is_int
+from common.streams import Stream
 
 
 def resolve_num_malicious(num_clients: int, num_malicious: int | None = None, fraction: float | None = None) -> int:
@@ -62,7 +57,7 @@ def resolve_num_malicious(num_clients: int, num_malicious: int | None = None, fr
         Unless exactly one of ``num_malicious`` and ``fraction`` is given and it
         is in range.
     """
-    if not _is_int(num_clients) or num_clients < 1:
+    if not is_int(num_clients) or num_clients < 1:
         raise ValueError(f"num_clients must be a positive integer, got {num_clients!r}")
     if (num_malicious is None) == (fraction is None):
         raise ValueError(
@@ -73,7 +68,7 @@ def resolve_num_malicious(num_clients: int, num_malicious: int | None = None, fr
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
             raise ValueError(f"fraction of malicious clients must be in [0, 1], got fraction={fraction!r}")
         return math.floor(fraction * num_clients + 0.5)
-    if not _is_int(num_malicious) or not 0 <= num_malicious <= num_clients:
+    if not is_int(num_malicious) or not 0 <= num_malicious <= num_clients:
         raise ValueError(
             f"num_malicious must be an integer in [0, num_clients={num_clients}], got "
             f"num_malicious={num_malicious!r}; lower it or raise num_clients"
@@ -86,11 +81,12 @@ def draw_malicious(num_clients: int, num_malicious: int, seed: int) -> list[int]
 
     The set is a uniformly random ``num_malicious``-subset of ``0 .. N-1``: the
     first ``num_malicious`` entries of a random permutation drawn from a stream
-    derived from ``seed`` (``numpy.random.SeedSequence`` with a fixed tag, so it
-    does not correlate with other uses of the run seed). It depends on
-    ``(num_clients, num_malicious, seed)`` only, and sets drawn with the same
-    seed are nested: the 5 malicious clients of a run are among its 10 when the
-    count is raised, which keeps sweeps over the malicious share comparable.
+    derived from ``seed`` (``numpy.random.SeedSequence`` with the tag
+    ``Stream.MALICIOUS_SET`` as spawn key, so it does not correlate with other
+    uses of the run seed). It depends on ``(num_clients, num_malicious, seed)``
+    only, and sets drawn with the same seed are nested: the 5 malicious clients
+    of a run are among its 10 when the count is raised, which keeps sweeps over
+    the malicious share comparable.
 
     Parameters
     ----------
@@ -107,9 +103,9 @@ def draw_malicious(num_clients: int, num_malicious: int, seed: int) -> list[int]
         Sorted client ids.
     """
     m = resolve_num_malicious(num_clients, num_malicious=num_malicious)
-    if not _is_int(seed) or seed < 0:
+    if not is_int(seed) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got seed={seed!r}")
-    state = np.random.SeedSequence(int(seed), spawn_key=(_MALICIOUS_STREAM,)).generate_state(2, np.uint32)
+    state = np.random.SeedSequence(int(seed), spawn_key=(int(Stream.MALICIOUS_SET),)).generate_state(2, np.uint32)
     derived = (int(state[0]) << 32) | int(state[1])
     generator = torch.Generator().manual_seed(derived)
     perm = torch.randperm(num_clients, generator=generator)
@@ -147,10 +143,10 @@ class ThreatModel:
         end_round: int | None = None,
         availability: float | None = None,
     ) -> None:
-        if not _is_int(num_clients) or num_clients < 1:
+        if not is_int(num_clients) or num_clients < 1:
             raise ValueError(f"num_clients must be a positive integer, got {num_clients!r}")
         ids = list(malicious)
-        if not all(_is_int(i) for i in ids):
+        if not all(is_int(i) for i in ids):
             raise ValueError(f"malicious ids must be integers, got {ids!r}")
         bad = [i for i in ids if not 0 <= i < num_clients]
         if bad:
@@ -158,7 +154,7 @@ class ThreatModel:
         if len(set(ids)) != len(ids):
             raise ValueError(f"malicious ids must be distinct, got {sorted(ids)}")
         for name, value in (("start_round", start_round), ("end_round", end_round)):
-            if value is not None and (not _is_int(value) or value < 1):
+            if value is not None and (not is_int(value) or value < 1):
                 raise ValueError(f"{name} must be a 1-based round number or null, got {name}={value!r}")
         if start_round is not None and end_round is not None and start_round > end_round:
             raise ValueError(
@@ -235,7 +231,7 @@ class ThreatModel:
         ``k`` must not exceed ``N``, and when the window is bounded (some
         rounds are benign-only) it must not exceed the number of benign clients.
         """
-        if not _is_int(k) or not 1 <= k <= self.num_clients:
+        if not is_int(k) or not 1 <= k <= self.num_clients:
             raise ValueError(f"clients per round must be in [1, num_clients={self.num_clients}], got k={k!r}")
         bounded = (self.start_round is not None and self.start_round > 1) or self.end_round is not None
         if bounded and k > len(self.benign):
@@ -292,5 +288,5 @@ def _pick(population: Sequence[int] | range, count: int, generator: torch.Genera
 
 
 def _check_round(server_round: int) -> None:
-    if not _is_int(server_round) or server_round < 1:
+    if not is_int(server_round) or server_round < 1:
         raise ValueError(f"server_round must be a 1-based round number, got {server_round!r}")

@@ -1,20 +1,21 @@
 """Update poisoning: a malicious client's honest update -> the update it sends.
 
-Every attack is a small callable configured once with keyword-only
-hyper-parameters and called as ``attack(update, *, generator)`` on the
-client's flat ``(d,)`` model delta (local - global). It returns a new tensor of
-the same shape, dtype and device and never modifies its input. Randomness comes
-only from ``generator``.
+Kind ``"update"``: every attack is a small callable configured once with
+keyword-only hyper-parameters and called as ``attack(update, *, generator)``
+on the client's flat ``(d,)`` model delta (local - global). It returns a new
+tensor of the same shape, dtype and device and never modifies its input.
+Randomness comes only from ``generator``.
 """
 
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from attacks.threat import _is_int
+from attacks._checks import is_int
 
 
 def _check_update(update: Tensor) -> None:
@@ -50,6 +51,8 @@ class SignFlip:
         Positive multiplier.
     """
 
+    kind: ClassVar[str] = "update"
+
     def __init__(self, *, scale: float = 1.0) -> None:
         self.scale = _positive("SignFlip", "scale", scale)
 
@@ -72,6 +75,8 @@ class GaussianNoise:
     additive : bool
         Add the noise to the honest update instead of replacing it.
     """
+
+    kind: ClassVar[str] = "update"
 
     def __init__(self, *, std: float, additive: bool = False) -> None:
         self.std = _positive("GaussianNoise", "std", std, allow_zero=True)
@@ -107,6 +112,8 @@ class Scaling:
         Maximum L2 norm of the sent update.
     """
 
+    kind: ClassVar[str] = "update"
+
     def __init__(self, *, boost: float, norm_bound: float | None = None) -> None:
         self.boost = _positive("Scaling", "boost", boost)
         self.norm_bound = None if norm_bound is None else _positive("Scaling", "norm_bound", norm_bound)
@@ -131,7 +138,7 @@ def model_replacement_boost(num_clients_per_round: int, server_lr: float = 1.0) 
     server_lr : float
         ``eta``, the server's learning rate on the averaged delta (1 for FedAvg).
     """
-    if not _is_int(num_clients_per_round) or num_clients_per_round < 1:
+    if not is_int(num_clients_per_round) or num_clients_per_round < 1:
         raise ValueError(
             f"num_clients_per_round must be a positive integer, got num_clients_per_round={num_clients_per_round!r}"
         )

@@ -1,46 +1,33 @@
-"""The poisonlab ClientApp (Flower Message API).
+"""The poisonlab ClientApp's work (Flower Message API): enrolment and local training.
 
 A client knows its partition id from its SuperNode's node config
 (``partition-id``, ``num-partitions``; Flower's simulation sets them for every
 virtual SuperNode, a deployment passes them with ``--node-config``). Everything
 else (dataset, model, local training, the attack) comes with the server's
-message as the run config. A query message enrols the client; a train message
-carries the global model, and the reply carries the locally trained model and
-its metrics, with the same keys for honest and malicious clients.
+message as the run config, from which the runner's Flower app object
+(``scripts.apps``) builds the run's objects once per process and passes them
+to :func:`train`. A query message enrols the client; a train message carries
+the global model, and the reply carries the locally trained model and its
+metrics, with the same keys for honest and malicious clients.
 
-A malicious client poisons its own data or its own update. Its role comes from
+A malicious client poisons its own data or its own update (the trainable
+parameters; its BatchNorm statistics are its honest ones). Its role comes from
 its node config (``role=malicious`` or ``role=honest``) when the SuperNode was
 given one (a deployment), else from the run's seeded threat model (simulation).
 """
 
 from __future__ import annotations
 
-import json
-from functools import lru_cache
 from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
 
-from attacks.configured import build_attack, build_threat, kind_of
 from attacks.threat import ThreatModel
-from common.config import ClientSettings, typed_section
 from common.data import to_float
-from common.params import ModelCodec
-from common.runtime import (
-    CONFIG_KEY,
-    build_model,
-    dataset_of,
-    generator,
-    parse_config,
-    partitions,
-    resolve_device,
-    uses_channels_last,
-)
+from common.runtime import uses_channels_last
+from common.streams import Stream, stream
 from common.training import train_epochs
-
-app = ClientApp()
 
 OPTIMIZER_STATE = "poisonlab-optimizer"
 PARTICIPATION = "poisonlab-participation"
@@ -56,19 +43,6 @@ def partition_id(context: Context) -> int:
         ) from None
 
 
-@lru_cache(maxsize=4)
-def _threat_and_attack(attack_json: str, num_clients: int, seed: int) -> tuple[ThreatModel, Any]:
-    section = json.loads(attack_json)
-    return build_threat(section, num_clients, seed), build_attack(section)
-
-
-def threat_and_attack(cfg: dict[str, Any]) -> tuple[ThreatModel, Any]:
-    """The run's threat model and attack object (cached per process)."""
-    return _threat_and_attack(
-        json.dumps(cfg["attack"], sort_keys=True), int(cfg["federation"]["num_clients"]), int(cfg["seed"])
-    )
-
-
 def is_malicious(context: Context, threat: ThreatModel, cid: int) -> bool:
     """The node config's ``role`` when set (deployment), else the seeded threat model (simulation)."""
     role = context.node_config.get("role")
@@ -79,7 +53,6 @@ def is_malicious(context: Context, threat: ThreatModel, cid: int) -> bool:
     return role == "malicious"
 
 
-@app.query()
 def enrol(msg: Message, context: Context) -> Message:
     """Tell the server which client (partition) this SuperNode serves."""
     reply = ConfigRecord(
@@ -116,31 +89,28 @@ def _save_optimizer_state(optimizer: torch.optim.Optimizer, context: Context, pa
     context.state[PARTICIPATION] = ConfigRecord({"count": participations})
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    """Train the received global model on this client's partition and reply with it."""
-    cfg = parse_config(str(msg.content["config"][CONFIG_KEY]))
+def train(msg: Message, context: Context, run: Any) -> Message:
+    """Train the received global model on this client's partition and reply (``run``: a ``scripts.build.Run``)."""
     server_round = int(msg.content["config"]["server-round"])
     cid = partition_id(context)
-    settings = typed_section(cfg["client"], ClientSettings, "client")
-    device = resolve_device(cfg["device"])
+    settings, device, seed = run.client, run.device, run.seed
 
-    data = dataset_of(cfg)
-    idx = torch.from_numpy(partitions(cfg)[cid])
+    data = run.dataset
+    idx = torch.from_numpy(run.partitions[cid])
     x, y = to_float(data.train_x[idx]), data.train_y[idx]
 
-    threat, attack = threat_and_attack(cfg)
+    threat, attack = run.threat, run.attack
     attacking = attack is not None and is_malicious(context, threat, cid) and threat.active(server_round)
-    kind = kind_of(attack) if attacking else None
+    kind = run.attack_kind if attacking else None
     rank = threat.attacker_rank(cid) if threat.is_malicious(cid) else 0
     if kind == "data":
-        x, y = attack(x, y, attacker_rank=rank, generator=generator(int(cfg["seed"]), cid, server_round, 4))
+        x, y = attack(x, y, attacker_rank=rank, generator=stream(Stream.DATA_POISONING, seed, cid, server_round))
     x, y = x.to(device), y.to(device)
 
     global_state = msg.content["arrays"].to_torch_state_dict()
-    model = build_model(cfg)
+    model = run.new_model()
     model.load_state_dict(global_state)
-    channels_last = uses_channels_last(model, cfg)
+    channels_last = uses_channels_last(model, settings.channels_last)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     optimizer = settings.sgd(model.parameters())
     participations = _load_optimizer_state(optimizer, context) if settings.keep_optimizer_state else 0
@@ -155,7 +125,7 @@ def train(msg: Message, context: Context) -> Message:
         spec=data.spec,
         batch_size=settings.batch_size,
         epochs=settings.epochs,
-        generator=generator(int(cfg["seed"]), cid, server_round, 1),
+        generator=stream(Stream.CLIENT_BATCHES, seed, cid, server_round),
         channels_last=channels_last,
     )
     if settings.keep_optimizer_state:
@@ -163,9 +133,10 @@ def train(msg: Message, context: Context) -> Message:
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if kind == "update":
-        codec = ModelCodec.of(global_state)
+        codec = run.codec
         start = codec.to_vector(global_state)
-        delta = attack(codec.to_vector(state) - start, generator=generator(int(cfg["seed"]), cid, server_round, 4))
-        state = dict(codec.to_state(start + delta, codec.ints(state)))
+        noise = stream(Stream.UPDATE_POISONING, seed, cid, server_round)
+        delta = attack(codec.to_vector(state) - start, generator=noise)
+        state = dict(codec.to_state(start + delta, codec.buffers(state)))
     metrics = MetricRecord({"train-loss": stats["train_loss"], "num-examples": len(y), "steps": stats["steps"]})
     return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}), reply_to=msg)

@@ -1,74 +1,105 @@
-"""Model state <-> flat update vectors, with dtype and shape checks.
+"""Model state <-> flat update vectors of the trainable parameters; buffers apart.
 
-Aggregation rules work on one flat ``float32`` vector per client that holds
-every floating-point tensor of the state dict (parameters and BatchNorm running
-statistics, as in Tolpegin et al.'s plain mean over whole models). Integer
-buffers (``num_batches_tracked``) are not averaged: they travel apart and are
-combined with a median, then cast back to their own dtype.
+Aggregation rules and update-poisoning attacks work on one flat ``float32``
+vector per client that holds the model's **trainable parameters** only. Every
+other entry of the state dict (BatchNorm ``running_mean`` / ``running_var`` /
+``num_batches_tracked``, frozen parameters) is a **buffer**: buffers travel
+apart, are checked (finite; running variances >= 0) and are combined by their
+coordinate-wise median over the replies the rule kept, in their own dtype.
+
+Why: on Fashion-MNIST, BatchNorm statistics are 75-80 % of an honest round-1
+update's squared norm, so with them in the vector, norm bounds, clipping,
+cosines and Krum distances mostly compare data statistics; and an attack that
+scales the whole vector can push a running variance below zero, a finite model
+whose every output is NaN. (Tolpegin et al.'s code takes a plain mean over the
+whole models; for honest replies the median of the statistics differs from their
+mean by far less than their round-to-round change.)
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from strategies.rules.base import Layout
+from common.layout import Layout
 
 
 class UpdateRejected(ValueError):
-    """A client's model does not fit the global model (names, shapes, dtypes) or is not finite."""
+    """A client's model does not fit the global model (names, shapes, dtypes) or is not valid."""
 
 
 @dataclass(frozen=True)
 class ModelCodec:
     """Flattens state dicts of one architecture, and checks that replies fit it.
 
-    Build it once from the global model's state dict with :meth:`of`.
+    Build it once with :meth:`of_model` (or :meth:`of` from a state dict and the
+    names of the trainable parameters).
+
+    Attributes
+    ----------
+    layout : Layout
+        Where each trainable parameter lives in the flat vector.
+    param_dtypes : tuple of torch.dtype
+        Each parameter's own dtype (the vector is float32).
+    buffer_names, buffer_shapes, buffer_dtypes : tuple
+        Every other state-dict entry, in state-dict order.
     """
 
     layout: Layout
-    float_dtypes: tuple[torch.dtype, ...]
-    int_names: tuple[str, ...]
-    int_shapes: tuple[torch.Size, ...]
-    int_dtypes: tuple[torch.dtype, ...]
+    param_dtypes: tuple[torch.dtype, ...]
+    buffer_names: tuple[str, ...]
+    buffer_shapes: tuple[torch.Size, ...]
+    buffer_dtypes: tuple[torch.dtype, ...]
 
     @classmethod
-    def of(cls, state: dict[str, Tensor]) -> ModelCodec:
+    def of(cls, state: dict[str, Tensor], trainable: Iterable[str]) -> ModelCodec:
+        """The codec of ``state``, whose floating-point entries named in ``trainable`` form the vector."""
+        trainable = set(trainable)
+        unknown = trainable - set(state)
+        if unknown:
+            raise ValueError(f"trainable names not in the state dict: {sorted(unknown)}")
         names, shapes, offsets, dtypes = [], [], [], []
-        inames, ishapes, idtypes = [], [], []
+        bnames, bshapes, bdtypes = [], [], []
         offset = 0
         for name, t in state.items():
-            if torch.is_floating_point(t):
+            if name in trainable and torch.is_floating_point(t):
                 names.append(name)
                 shapes.append(t.shape)
                 offsets.append(offset)
                 dtypes.append(t.dtype)
                 offset += t.numel()
             else:
-                inames.append(name)
-                ishapes.append(t.shape)
-                idtypes.append(t.dtype)
+                bnames.append(name)
+                bshapes.append(t.shape)
+                bdtypes.append(t.dtype)
         return cls(
             Layout(tuple(names), tuple(shapes), tuple(offsets)),
             tuple(dtypes),
-            tuple(inames),
-            tuple(ishapes),
-            tuple(idtypes),
+            tuple(bnames),
+            tuple(bshapes),
+            tuple(bdtypes),
         )
+
+    @classmethod
+    def of_model(cls, model: nn.Module) -> ModelCodec:
+        """The codec of ``model``: its parameters with ``requires_grad`` form the vector."""
+        trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+        return cls.of(model.state_dict(), trainable)
 
     def check(self, state: dict[str, Tensor]) -> None:
         """Raise :class:`UpdateRejected` unless ``state`` has exactly our tensors, shapes and dtypes."""
-        expected = set(self.layout.names) | set(self.int_names)
+        expected = set(self.layout.names) | set(self.buffer_names)
         if set(state) != expected:
             missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
             raise UpdateRejected(f"tensor names differ from the global model: missing {missing}, extra {extra}")
         for name, shape, dtype in zip(
-            self.layout.names + self.int_names,
-            self.layout.shapes + self.int_shapes,
-            self.float_dtypes + self.int_dtypes,
+            self.layout.names + self.buffer_names,
+            self.layout.shapes + self.buffer_shapes,
+            self.param_dtypes + self.buffer_dtypes,
             strict=True,
         ):
             t = state[name]
@@ -78,35 +109,53 @@ class ModelCodec:
                 raise UpdateRejected(f"{name}: dtype {t.dtype}, expected {dtype}")
 
     def to_vector(self, state: dict[str, Tensor]) -> Tensor:
-        """Concatenate the floating-point tensors into one ``float32`` vector."""
+        """Concatenate the trainable parameters into one ``float32`` vector."""
         return torch.cat([state[n].detach().reshape(-1).to(torch.float32) for n in self.layout.names])
 
-    def ints(self, state: dict[str, Tensor]) -> list[Tensor]:
-        """The integer buffers, in order."""
-        return [state[n] for n in self.int_names]
+    def buffers(self, state: dict[str, Tensor]) -> list[Tensor]:
+        """The buffers, in order, in their own dtype."""
+        return [state[n] for n in self.buffer_names]
 
-    def to_state(self, vector: Tensor, ints: list[Tensor]) -> OrderedDict[str, Tensor]:
-        """Inverse of :meth:`to_vector`: a state dict with every tensor in its own dtype."""
+    def check_buffers(self, buffers: list[Tensor]) -> None:
+        """Raise :class:`UpdateRejected` for a non-finite buffer or a negative running variance."""
+        for name, t in zip(self.buffer_names, buffers, strict=True):
+            if not torch.is_floating_point(t):
+                if bool((t < 0).any()) and name.endswith("num_batches_tracked"):
+                    raise UpdateRejected(f"{name}: negative count {int(t.min())}")
+                continue
+            if not bool(torch.isfinite(t).all()):
+                raise UpdateRejected(f"{name}: {int((~torch.isfinite(t)).sum())} non-finite values (NaN/Inf)")
+            if name.endswith("running_var") and bool((t < 0).any()):
+                raise UpdateRejected(f"{name}: negative variance {float(t.min()):.4g} (a variance is >= 0)")
+
+    def to_state(self, vector: Tensor, buffers: list[Tensor]) -> OrderedDict[str, Tensor]:
+        """Inverse of :meth:`to_vector` + :meth:`buffers`: a state dict (parameters, then buffers) in their dtypes."""
         if vector.numel() != self.layout.size:
             raise UpdateRejected(f"vector has {vector.numel()} values, the model {self.layout.size}")
         out: OrderedDict[str, Tensor] = OrderedDict()
         for name, shape, offset, dtype in zip(
-            self.layout.names, self.layout.shapes, self.layout.offsets, self.float_dtypes, strict=True
+            self.layout.names, self.layout.shapes, self.layout.offsets, self.param_dtypes, strict=True
         ):
             out[name] = vector[offset : offset + shape.numel()].reshape(shape).to(dtype).clone()
-        for name, t in zip(self.int_names, ints, strict=True):
+        for name, t in zip(self.buffer_names, buffers, strict=True):
             out[name] = t.clone()
         return out
 
     @staticmethod
-    def combine_ints(per_client: list[list[Tensor]]) -> list[Tensor]:
-        """Element-wise median (mean of the two middles for an even count, rounded) of each integer buffer."""
+    def combine_buffers(per_client: list[list[Tensor]]) -> list[Tensor]:
+        """Element-wise median of each buffer over clients, in the buffer's own dtype.
+
+        An even count takes the mean of the two middle values (``torch.quantile(0.5)``,
+        as the ``median`` rule); integer buffers are rounded back to their dtype.
+        """
         if not per_client:
             return []
         combined = []
         for tensors in zip(*per_client, strict=True):
             stacked = torch.stack([t.to(torch.float64) for t in tensors])
-            combined.append(stacked.quantile(0.5, dim=0).round().to(tensors[0].dtype))
+            middle = stacked.quantile(0.5, dim=0)
+            dtype = tensors[0].dtype
+            combined.append(middle.to(dtype) if torch.is_floating_point(tensors[0]) else middle.round().to(dtype))
         return combined
 
 

@@ -3,12 +3,16 @@
 Local training follows Tolpegin et al. (ESORICS 2020)'s clients: SGD with
 momentum over the client's whole shard for a few epochs, mini-batches drawn by a
 seeded permutation, optionally one optimizer per client kept across its
-participations with a step decay counted per participation. The loop is split so
-that a DP optimizer (Opacus) can wrap the model, the optimizer and the batches.
+participations with a step decay counted per participation. The loop takes the
+model, the optimizer and the data as arguments and owns none of them.
+
+Central evaluation (:func:`confusion_matrix`) reports a NaN loss when any logit
+is not finite, so a diverged model is never scored from ``argmax`` over NaNs.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -70,6 +74,23 @@ def prepare_inputs(x: Tensor, spec: DatasetSpec, channels_last: bool) -> Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+def epoch_batches(n: int, batch_size: int, epochs: int, generator: torch.Generator) -> Iterator[Tensor]:
+    """Index batches of ``epochs`` epochs, each epoch in a fresh seeded order."""
+    for _ in range(epochs):
+        yield from batches(n, batch_size, generator)
+
+
+def step_batches(n: int, batch_size: int, steps: int, generator: torch.Generator) -> Iterator[Tensor]:
+    """Exactly ``steps`` index batches, cycling over epochs in fresh seeded orders."""
+    taken = 0
+    while taken < steps:
+        for idx in batches(n, batch_size, generator):
+            if taken == steps:
+                return
+            taken += 1
+            yield idx
+
+
 def train_epochs(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -83,30 +104,46 @@ def train_epochs(
     channels_last: bool = False,
     loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy,
 ) -> dict[str, float]:
-    """Train ``model`` in place on ``(x, y)`` (float images in [0, 1], already on the device).
+    """Train ``model`` in place on ``(x, y)`` for ``epochs`` epochs (float images in [0, 1], on the device).
 
     Returns the mean training loss and the number of optimizer steps.
     """
+    index_batches = epoch_batches(len(y), batch_size, epochs, generator)
+    return train_on_batches(model, optimizer, x, y, index_batches, spec=spec, generator=generator,
+                            channels_last=channels_last, loss_fn=loss_fn)  # fmt: skip
+
+
+def train_on_batches(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: Tensor,
+    y: Tensor,
+    index_batches: Iterable[Tensor],
+    *,
+    spec: DatasetSpec,
+    generator: torch.Generator,
+    channels_last: bool = False,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy,
+) -> dict[str, float]:
+    """One optimizer step per index batch of ``index_batches``; returns mean loss and step count."""
     model.train()
-    total, steps, seen = 0.0, 0, 0
+    steps, seen = 0, 0
     loss_sum = torch.zeros((), device=x.device)
-    for _ in range(epochs):
-        for idx in batches(len(y), batch_size, generator):
-            idx = idx.to(x.device)
-            xb = x[idx]
-            if spec.augment:
-                xb = augment_batch(xb, generator)
-            xb = prepare_inputs(xb, spec, channels_last)
-            yb = y[idx]
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xb), yb)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach() * len(idx)
-            seen += len(idx)
-            steps += 1
-    total = float(loss_sum) / max(seen, 1)
-    return {"train_loss": total, "steps": float(steps)}
+    for idx in index_batches:
+        idx = idx.to(x.device)
+        xb = x[idx]
+        if spec.augment:
+            xb = augment_batch(xb, generator)
+        xb = prepare_inputs(xb, spec, channels_last)
+        yb = y[idx]
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(xb), yb)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * len(idx)
+        seen += len(idx)
+        steps += 1
+    return {"train_loss": float(loss_sum) / max(seen, 1), "steps": float(steps)}
 
 
 @torch.inference_mode()
@@ -123,7 +160,9 @@ def confusion_matrix(
     """Confusion matrix (rows: true class, columns: predicted) and mean cross-entropy.
 
     ``x`` holds ``uint8`` or float images; evaluation runs in large batches
-    under ``torch.inference_mode``.
+    under ``torch.inference_mode``. The loss is NaN when any logit is NaN or
+    infinite: the model has diverged and its confusion matrix (``argmax`` over
+    non-finite values) must not be scored.
     """
     model.eval()
     k = spec.num_classes
@@ -135,6 +174,8 @@ def confusion_matrix(
             xb = xb.to(torch.float32).div_(255.0)
         yb = y[start : start + batch_size].to(device, non_blocking=True)
         logits = model(prepare_inputs(xb, spec, channels_last))
+        if not bool(torch.isfinite(logits).all()):
+            return cm.view(k, k).cpu(), math.nan
         loss_sum += nn.functional.cross_entropy(logits, yb, reduction="sum").double()
         cm += torch.bincount(yb * k + logits.argmax(1), minlength=k * k)
     return cm.view(k, k).cpu(), float(loss_sum) / max(len(y), 1)

@@ -14,29 +14,28 @@ import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from common.config import ConfigError, validate
 from common.data import DataMissingError
+from scripts.build import build_run
+from scripts.config import ConfigError
 
 log = logging.getLogger("poisonlab")
 
 
 @hydra.main(version_base="1.3", config_path="pkg://conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    """Validate ``cfg`` completely, then run it on the configured engine."""
+    """Check ``cfg`` completely and build its run once, then run it on the configured engine."""
     logging.getLogger("flwr").propagate = False  # Flower logs to the console itself
     try:
-        resolved = validate(cfg)
+        run = build_run(cfg)
     except (ConfigError, DataMissingError) as err:
         print(f"poisonlab: configuration error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
-    resolved["output_dir"] = HydraConfig.get().runtime.output_dir
-    engine = instantiate(cfg.engine)
-    print(f"[poisonlab] run folder: {resolved['output_dir']}", flush=True)
-    engine.run(resolved)
-    print(f"[poisonlab] done: {resolved['output_dir']}/summary.json", flush=True)
+    out_dir = run.cfg["output_dir"] = HydraConfig.get().runtime.output_dir
+    print(f"[poisonlab] run folder: {out_dir}", flush=True)
+    run.engine.run(run)
+    print(f"[poisonlab] done: {out_dir}/summary.json", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,72 +1,61 @@
 """``poisonlab-summarize``: turn a multirun folder into one table and comparison figures.
 
-Every job folder under the given folder(s) that has a ``metrics.jsonl`` is one
-run. Runs are grouped by their Hydra overrides less ``seed``; each run is
-reduced to its last-``k``-round averages (default 10: per-round attack metrics
-swing by +-0.3, Tolpegin et al.), then each group to the mean and standard
-deviation over its seeds. Outputs, in the first folder:
+The runs themselves (which job folders are runs, which runs are complete, and
+the numbers of one complete run over its last ``--last`` rounds) come from
+:mod:`scripts.sweep_runs`; this module holds the command line, the grouping into
+conditions, the tables and the figures.
 
-* ``sweep_summary.csv`` and ``sweep_summary.md``: one row per condition;
+Conditions
+----------
+Runs are grouped into conditions by their Hydra overrides less ``seed`` (and
+``hydra.*``); strategies are named by their Hydra option (``fedavg``,
+``fedavg_weighted``, ...), else by their rule's class.
+
+Each condition is the mean and sample standard deviation, over its complete
+runs (``n`` of them; ``excluded`` counts the rest), of their last-``k``-round
+numbers (``--last``, default 10). A condition whose runs were all excluded still
+has a row, with ``n`` = 0 and empty values. Every excluded run is listed with its
+condition, seed, job folder, status and one-line reason.
+
+Outputs
+-------
+In the first folder:
+
+* ``sweep_summary.csv`` and ``sweep_summary.md``: one row per condition; the
+  Markdown adds an "Excluded runs" section ("none" when none);
+* ``sweep_excluded.csv``: the excluded runs (condition, seed, job, status, reason);
 * ``dose_response.png``: source recall and accuracy against the malicious share
   (when ``attack.num_malicious`` or ``attack.fraction`` varies);
-* ``per_round_<metric>.png``: the per-round mean over seeds of each condition
-  (e.g. early- vs late-only poisoning);
-* ``heatmap_<metric>.png``: attack x strategy (when both vary).
+* ``per_round_<metric>.png``: the per-round mean over the complete runs of each
+  condition (e.g. early- vs late-only poisoning), skipping null values;
+* ``heatmap_<metric>.png``: attack x strategy (when both vary); a cell without a
+  value (e.g. the TPR of a rule that does not detect) is grey and reads "n/a".
+
+The excluded runs are printed to stderr; with ``--strict`` the command then exits
+with status 1 when there is any.
+
+See Also
+--------
+scripts.sweep_runs : the run model, which runs are complete, and the numbers of one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import yaml
+from scripts.sweep_runs import METRICS, Run, condition_label, configured_rounds, load_runs, number, run_metrics
 
-METRICS = ("accuracy", "source_recall", "target_recall", "other_recall", "asr", "tpr", "fpr", "precision")
-
-
-def load_runs(folders: list[Path]) -> list[dict[str, Any]]:
-    """Each run: its condition (overrides less seed), seed, config and per-round lines."""
-    runs = []
-    for folder in folders:
-        for metrics in sorted(folder.rglob("metrics.jsonl")):
-            job = metrics.parent
-            overrides_file = job / ".hydra" / "overrides.yaml"
-            overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
-            condition = tuple(sorted(o for o in overrides if not o.startswith(("seed=", "hydra."))))
-            lines = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
-            config_file = job / "config.json"
-            config = json.loads(config_file.read_text()) if config_file.exists() else {}
-            hydra_file = job / ".hydra" / "hydra.yaml"
-            hydra = yaml.safe_load(hydra_file.read_text()) if hydra_file.exists() else None
-            choices = ((hydra or {}).get("hydra", {}).get("runtime", {}) or {}).get("choices", {}) or {}
-            if len(lines) < 2:
-                continue
-            runs.append(
-                {
-                    "job": job,
-                    "condition": condition,
-                    "seed": config.get("seed"),
-                    "config": config,
-                    "choices": choices,
-                    "lines": lines,
-                }
-            )
-    return runs
-
-
-def last_k_average(lines: list[dict[str, Any]], key: str, k: int) -> float | None:
-    """Mean of ``key`` over the last ``k`` rounds that have a value."""
-    values = [x[key] for x in lines if x["round"] > 0 and x.get(key) is not None][-k:]
-    return sum(values) / len(values) if values else None
+EXCLUDED_COLUMNS = ("condition", "seed", "job", "status", "reason")
 
 
 def mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (0 for a single value)."""
+    """Mean and sample standard deviation (0 for a single value; ``None`` for none)."""
     if not values:
         return None, None
     mean = sum(values) / len(values)
@@ -75,52 +64,111 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
-def summarize(runs: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
-    """One row per condition: mean and std over seeds of the last-k averages."""
-    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+def describe(members: list[Run]) -> dict[str, Any]:
+    """Malicious share, attack, strategy and configured rounds of a condition, from a member with a config."""
+    ref = next((m for m in members if m.config), None)
+    if ref is None:
+        return {}
+    cfg = ref.config
+    fed = cfg["federation"]
+    return {
+        "malicious_share": len(cfg["attack"].get("malicious_clients", [])) / fed["num_clients"],
+        "attack": cfg["attack"].get("name", "none"),
+        # the option name (fedavg, fedavg_weighted, krum, ...), else the rule's class
+        "strategy": ref.choices.get("strategy") or cfg["strategy"]["_target_"].rsplit(".", 1)[-1],
+        "rounds": configured_rounds(ref),
+    }
+
+
+def condition_row(condition: tuple[str, ...], members: list[Run], k: int) -> dict[str, Any]:
+    """Mean and std over the complete runs of a condition (empty when it has none)."""
+    reduced = [run_metrics(m, k) for m in members if m.status == "complete"]
+    row: dict[str, Any] = {
+        "condition": condition_label(condition),
+        "n": len(reduced),
+        "excluded": len(members) - len(reduced),
+    }
+    row.update(describe(members))
+    for metric in METRICS:
+        row[f"{metric}_mean"], row[f"{metric}_std"] = mean_std([v for r in reduced if (v := r[metric]) is not None])
+    row["active_rounds"] = mean_std([v for r in reduced if (v := r["active_rounds"]) is not None])[0]
+    return row
+
+
+def summarize(runs: list[Run], k: int) -> list[dict[str, Any]]:
+    """One row per condition, sorted by attack, strategy, malicious share and condition."""
+    groups: dict[tuple[str, ...], list[Run]] = defaultdict(list)
     for run in runs:
-        groups[run["condition"]].append(run)
-    rows = []
-    for condition, members in groups.items():
-        row: dict[str, Any] = {"condition": " ".join(condition) or "(defaults)", "seeds": len(members)}
-        cfg = members[0]["config"]
-        if cfg:
-            fed = cfg["federation"]
-            row["malicious_share"] = len(cfg["attack"].get("malicious_clients", [])) / fed["num_clients"]
-            row["attack"] = cfg["attack"].get("name", "none")
-            # the option name (fedavg, fedavg_weighted, krum, ...), else the rule's class
-            row["strategy"] = members[0]["choices"].get("strategy") or cfg["strategy"]["_target_"].rsplit(".", 1)[-1]
-            row["rounds"] = min(len(m["lines"]) - 1 for m in members)
-        for metric in METRICS:
-            values = [v for m in members if (v := last_k_average(m["lines"], metric, k)) is not None]
-            row[f"{metric}_mean"], row[f"{metric}_std"] = mean_std(values)
-        rows.append(row)
+        groups[run.condition].append(run)
+    rows = [condition_row(condition, members, k) for condition, members in groups.items()]
     rows.sort(key=lambda r: (r.get("attack", ""), r.get("strategy", ""), r.get("malicious_share", 0), r["condition"]))
     return rows
 
 
-def write_tables(rows: list[dict[str, Any]], out: Path, k: int) -> None:
-    """``sweep_summary.csv`` (every column) and ``sweep_summary.md`` (mean +- std)."""
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    with (out / "sweep_summary.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+def excluded_runs(runs: list[Run]) -> list[dict[str, Any]]:
+    """The runs that are not averaged, one record each (:data:`EXCLUDED_COLUMNS`)."""
+    return [
+        {"condition": r.label, "seed": r.seed, "job": str(r.job), "status": r.status, "reason": r.reason}
+        for r in runs
+        if r.status != "complete"
+    ]
+
+
+def _cell(value: Any) -> str:
+    """A value as a Markdown table cell (pipes escaped)."""
+    return str(value).replace("|", "\\|")
+
+
+def markdown_table(rows: list[dict[str, Any]], k: int) -> list[str]:
+    """The condition table: ``n``, ``excluded``, mean +- std of each metric present, ``active_rounds``."""
     present = [m for m in METRICS if any(r.get(f"{m}_mean") is not None for r in rows)]
-    header = ["condition", "seeds", *present]
+    active = any(r.get("active_rounds") is not None for r in rows)
+    header = ["condition", "n", "excluded", *present, *(["active_rounds"] if active else [])]
     lines = [
-        f"Mean +- std over seeds of each run's last-{k}-round average.",
+        f"Mean +- std over the n complete runs (seeds) of each condition of their last-{k}-round averages;",
+        "tpr / fpr / precision are micro-averaged over the scored rounds of that window (active_rounds: their",
+        "mean number). Excluded runs are not averaged: see below.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]
     for row in rows:
-        cells = [row["condition"], str(row["seeds"])]
+        cells = [_cell(row["condition"]), str(row["n"]), str(row["excluded"])]
         for m in present:
             mean, std = row.get(f"{m}_mean"), row.get(f"{m}_std")
             cells.append("" if mean is None else f"{mean:.3f} +- {std:.3f}")
+        if active:
+            cells.append("" if row["active_rounds"] is None else f"{row['active_rounds']:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
-    (out / "sweep_summary.md").write_text("\n".join(lines) + "\n")
+    return lines
+
+
+def markdown_excluded(excluded: list[dict[str, Any]]) -> list[str]:
+    """The "Excluded runs" section: one table row per excluded run, or "none"."""
+    lines = ["## Excluded runs", ""]
+    if not excluded:
+        return [*lines, "none"]
+    lines += ["| " + " | ".join(EXCLUDED_COLUMNS) + " |", "|" + "---|" * len(EXCLUDED_COLUMNS)]
+    lines += ["| " + " | ".join(_cell(e[c]) for c in EXCLUDED_COLUMNS) + " |" for e in excluded]
+    return lines
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """``rows`` as CSV with ``columns`` (missing values empty)."""
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_tables(rows: list[dict[str, Any]], excluded: list[dict[str, Any]], out: Path, k: int) -> list[Path]:
+    """``sweep_summary.csv`` (every column), ``sweep_summary.md`` and ``sweep_excluded.csv``."""
+    write_csv(out / "sweep_summary.csv", rows, list(dict.fromkeys(key for row in rows for key in row)))
+    write_csv(out / "sweep_excluded.csv", excluded, list(EXCLUDED_COLUMNS))
+    (out / "sweep_summary.md").write_text(
+        "\n".join([*markdown_table(rows, k), "", *markdown_excluded(excluded)]) + "\n"
+    )
+    return [out / "sweep_summary.csv", out / "sweep_summary.md", out / "sweep_excluded.csv"]
 
 
 def _plt():
@@ -153,23 +201,24 @@ def dose_response(rows: list[dict[str, Any]], out: Path, k: int = 10) -> Path | 
     return path
 
 
-def per_round(runs: list[dict[str, Any]], out: Path, metric: str) -> Path | None:
-    """Per-round mean over seeds of ``metric``, one line per condition."""
-    groups: dict[tuple, list[list[dict[str, Any]]]] = defaultdict(list)
+def per_round(runs: list[Run], out: Path, metric: str) -> Path | None:
+    """Per-round mean over the complete runs of ``metric``, one line per condition; null values skipped."""
+    groups: dict[tuple[str, ...], list[list[dict[str, Any]]]] = defaultdict(list)
     for run in runs:
-        if any(x.get(metric) is not None for x in run["lines"]):
-            groups[run["condition"]].append(run["lines"])
+        if run.status == "complete" and any(number(x, metric) is not None for x in run.lines):
+            groups[run.condition].append(run.lines)
     if not groups or len(groups) > 12:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for condition, members in sorted(groups.items()):
-        rounds = sorted({x["round"] for lines in members for x in lines if x.get(metric) is not None})
-        means = []
-        for r in rounds:
-            vals = [x[metric] for lines in members for x in lines if x["round"] == r and x.get(metric) is not None]
-            means.append(sum(vals) / len(vals))
-        ax.plot(rounds, means, label=" ".join(condition) or "(defaults)")
+        by_round: dict[int, list[float]] = defaultdict(list)
+        for lines in members:
+            for x in lines:
+                if (v := number(x, metric)) is not None:
+                    by_round[x["round"]].append(v)
+        rounds = sorted(by_round)
+        ax.plot(rounds, [sum(by_round[r]) / len(by_round[r]) for r in rounds], label=condition_label(condition))
     ax.set(xlabel="round", ylabel=metric, title=f"{metric} per round (mean over seeds)", ylim=(0, 1.02))
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
@@ -180,29 +229,39 @@ def per_round(runs: list[dict[str, Any]], out: Path, metric: str) -> Path | None
     return path
 
 
+def heatmap_grid(
+    rows: list[dict[str, Any]], metric: str, attacks: list[str], strategies: list[str]
+) -> list[list[float]]:
+    """Attack x strategy means of ``metric``; NaN where a cell has no value (e.g. TPR of a non-detector)."""
+    grid = [[math.nan] * len(strategies) for _ in attacks]
+    for r in rows:
+        if r.get(f"{metric}_mean") is not None and r.get("attack") in attacks and r.get("strategy") in strategies:
+            grid[attacks.index(r["attack"])][strategies.index(r["strategy"])] = r[f"{metric}_mean"]
+    return grid
+
+
 def heatmaps(rows: list[dict[str, Any]], out: Path) -> list[Path]:
-    """Attack x strategy heatmaps of accuracy and of each attack metric."""
-    attacks = sorted({r.get("attack") for r in rows if r.get("attack")})
-    strategies = sorted({r.get("strategy") for r in rows if r.get("strategy")})
+    """Attack x strategy heatmaps of accuracy, each attack metric and detection; cells without a value read n/a."""
+    import numpy as np
+
+    attacks = sorted({r["attack"] for r in rows if r.get("attack")})
+    strategies = sorted({r["strategy"] for r in rows if r.get("strategy")})
     if len(attacks) < 2 or len(strategies) < 2:
         return []
     plt = _plt()
+    cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
     paths = []
     for metric in ("accuracy", "source_recall", "asr", "tpr", "fpr"):
-        grid = [[math.nan] * len(strategies) for _ in attacks]
-        for r in rows:
-            if r.get(f"{metric}_mean") is not None and r.get("attack") in attacks:
-                grid[attacks.index(r["attack"])][strategies.index(r["strategy"])] = r[f"{metric}_mean"]
-        if all(math.isnan(v) for row in grid for v in row):
+        grid = np.ma.masked_invalid(np.array(heatmap_grid(rows, metric, attacks, strategies), dtype=float))
+        if grid.mask.all():
             continue
         fig, ax = plt.subplots(figsize=(1.1 * len(strategies) + 2, 0.6 * len(attacks) + 1.8))
-        image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis")
+        image = ax.imshow(grid, vmin=0, vmax=1, cmap=cmap)
         ax.set_xticks(range(len(strategies)), strategies, rotation=45, ha="right")
         ax.set_yticks(range(len(attacks)), attacks)
-        for i, row in enumerate(grid):
-            for j, v in enumerate(row):
-                if not math.isnan(v):
-                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w" if v < 0.6 else "k", fontsize=8)
+        for (i, j), v in np.ndenumerate(grid.filled(math.nan)):
+            text, color = ("n/a", "dimgrey") if math.isnan(v) else (f"{v:.2f}", "w" if v < 0.6 else "k")
+            ax.text(j, i, text, ha="center", va="center", color=color, fontsize=8)
         fig.colorbar(image, ax=ax)
         ax.set_title(f"{metric} (attack x defense)")
         fig.tight_layout()
@@ -212,26 +271,43 @@ def heatmaps(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     return paths
 
 
+def report_excluded(excluded: list[dict[str, Any]]) -> None:
+    """Print the excluded runs to stderr (nothing when there are none)."""
+    if excluded:
+        print(f"poisonlab-summarize: {len(excluded)} run(s) excluded (not averaged):", file=sys.stderr)
+        for e in excluded:
+            print(f"  {e['job']} ({e['condition']}, seed {e['seed']}): {e['reason']}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Summarise the folders given on the command line; exit 1 under ``--strict`` when a run was excluded."""
     parser = argparse.ArgumentParser(description="Summarise poisonlab multirun folders into a table and figures.")
     parser.add_argument("folders", nargs="+", type=Path, help="multirun folder(s), e.g. multirun/2026-11-22/10-00-00")
     parser.add_argument("--last", type=int, default=10, help="rounds averaged at the end of each run (default 10)")
+    parser.add_argument("--strict", action="store_true", help="exit with status 1 when any run was excluded")
     args = parser.parse_args(argv)
     missing = [str(f) for f in args.folders if not f.is_dir()]
     if missing:
         parser.error(f"not a folder: {', '.join(missing)}")
+    if args.last < 1:
+        parser.error(f"--last must be at least 1, got {args.last}")
     runs = load_runs(args.folders)
     if not runs:
-        parser.error(f"no run with a metrics.jsonl under {', '.join(map(str, args.folders))}")
+        parser.error(
+            f"no run with a metrics.jsonl, config.json or .hydra folder under {', '.join(map(str, args.folders))}"
+        )
     out = args.folders[0]
     rows = summarize(runs, args.last)
-    write_tables(rows, out, args.last)
-    made = [out / "sweep_summary.csv", out / "sweep_summary.md"]
+    excluded = excluded_runs(runs)
+    made = write_tables(rows, excluded, out, args.last)
     made += [p for p in (dose_response(rows, out, args.last),) if p]
     made += [p for m in ("source_recall", "asr", "accuracy") if (p := per_round(runs, out, m))]
     made += heatmaps(rows, out)
     print((out / "sweep_summary.md").read_text())
     print("wrote:\n  " + "\n  ".join(str(p) for p in made))
+    report_excluded(excluded)
+    if args.strict and excluded:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

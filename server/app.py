@@ -1,76 +1,46 @@
-"""The poisonlab ServerApp (Flower Message API).
+"""The poisonlab ServerApp's work (Flower Message API): one run from enrolment to ``summary.json``.
 
 One run: enrol the SuperNodes (which client id each serves), build the global
 model and the strategy (a rule inside ``RobustStrategy``), then run
 ``strategy.start`` with central evaluation of the global model after every
-round, appending one line per round to ``metrics.jsonl``. At the end it writes
-``summary.json`` and the plots.
+round, appending one line per round to ``metrics.jsonl``. At the end (also when
+the run diverges or fails) it writes ``summary.json`` with the run's status, and
+the plots.
 
-Deployments load ``server.app:app``, which reads the resolved config from the
-Flower run config (key ``poisonlab-config``); the simulation engine builds the
-same app around the config with :func:`build_server_app`.
+:func:`run_federation` takes the run's objects (a ``scripts.build.Run``: the
+resolved config, dataset, partitions, model factory, codec, rule, attack and
+threat model, each built once per process). Flower's app objects live with the
+runner (``scripts.apps``), which builds that object from the run config.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import random
+import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
-from flwr.serverapp import Grid, ServerApp
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
 
-from attacks.configured import bind_to_population, build_attack, build_threat, kind_of
-from attacks.data import Backdoor, backdoor_test_set
+from attacks import Backdoor, CollusionInfeasible, backdoor_test_set
 from attacks.threat import ThreatModel
 from common.data import to_float
-from common.params import ModelCodec
 from common.partition import class_counts
-from common.runtime import (
-    CONFIG_KEY,
-    build_model,
-    dataset_of,
-    generator,
-    partitions,
-    resolve_device,
-    uses_channels_last,
-)
-from common.training import confusion_matrix
+from common.runtime import CONFIG_KEY, uses_channels_last
+from common.streams import Stream, stream
+from common.training import confusion_matrix, step_batches, train_on_batches
 from server.evaluate import detection_scores, metrics_from_confusion, targeted_metrics
 from server.results import RunRecorder, write_plots, write_summary
-from strategies.robust import RobustStrategy, build_rule
+from strategies.robust import RobustStrategy
 
 log = logging.getLogger("poisonlab")
-
-app = ServerApp()
-
-
-@app.main()
-def main(grid: Grid, context: Context) -> None:
-    """Deployment entry point: the resolved config comes as Flower run config."""
-    if CONFIG_KEY not in context.run_config:
-        raise RuntimeError(
-            f"run config has no {CONFIG_KEY!r}: submit runs with `poisonlab engine=deployment` "
-            "(or flwr run --run-config with the resolved poisonlab config)"
-        )
-    run_federation(grid, json.loads(str(context.run_config[CONFIG_KEY])))
-
-
-def build_server_app(cfg: dict[str, Any]) -> ServerApp:
-    """A ServerApp bound to ``cfg`` (used by the simulation engine, in-process)."""
-    bound = ServerApp()
-
-    @bound.main()
-    def _main(grid: Grid, context: Context) -> None:
-        run_federation(grid, cfg)
-
-    return bound
-
 
 def enrol_clients(grid: Grid, num_clients: int, timeout: float) -> dict[int, int]:
     """Wait for ``num_clients`` SuperNodes and learn which client id each one serves.
@@ -115,113 +85,164 @@ def threat_sampler(threat: ThreatModel, per_round: int, seed: int):
     """Each round's participants: the threat model's sampling (uniform without an attack), seeded."""
 
     def sample(server_round: int) -> list[int]:
-        return threat.sample_round(server_round, per_round, generator(seed, server_round, 2))
+        return threat.sample_round(server_round, per_round, stream(Stream.ROUND_SAMPLING, seed, server_round))
 
     return sample
 
 
-def colluding_hook(threat: ThreatModel, attack: Any, seed: int):
+class ColludingAttackers:
     """Server-side wrapper of an omniscient colluding attack (simulation only).
 
     In rounds of the attack window it replaces the rows of the malicious
     participants with what the attack computes from the round's honest rows.
+    When the attack cannot be formed in a round (the attack raises
+    :class:`attacks.CollusionInfeasible`, e.g. Fang et al.'s Krum attack with
+    ``n <= 2c + 2`` replies, or no honest reply to learn from), the malicious
+    participants send their honest updates that round and ``notes[round]``
+    says why; the run goes on.
     """
 
-    def hook(server_round: int, client_ids: list[int], deltas: torch.Tensor) -> torch.Tensor:
-        bad = [i for i, c in enumerate(client_ids) if threat.is_malicious(c)]
-        good = [i for i, c in enumerate(client_ids) if not threat.is_malicious(c)]
-        if not bad or not good or not threat.active(server_round):
+    def __init__(self, threat: ThreatModel, attack: Any, seed: int) -> None:
+        self.threat, self.attack, self.seed = threat, attack, seed
+        self.notes: dict[int, str] = {}
+
+    def __call__(self, server_round: int, client_ids: list[int], deltas: torch.Tensor) -> torch.Tensor:
+        bad = [i for i, c in enumerate(client_ids) if self.threat.is_malicious(c)]
+        good = [i for i, c in enumerate(client_ids) if not self.threat.is_malicious(c)]
+        if not bad or not self.threat.active(server_round):
             return deltas
-        poisoned = attack(deltas[good], len(bad), generator=generator(seed, server_round, 5))
+        try:
+            if not good:
+                raise CollusionInfeasible("no honest reply this round to compute the attack from")
+            poisoned = self.attack(deltas[good], len(bad), generator=stream(Stream.COLLUDING, self.seed, server_round))
+        except CollusionInfeasible as err:
+            self.notes[server_round] = f"{type(self.attack).__name__} not formed, attackers sent honest updates: {err}"
+            log.warning("round %d: %s", server_round, self.notes[server_round])
+            return deltas
         out = deltas.clone()
         out[bad] = poisoned.to(deltas.dtype)
         return out
 
-    return hook
 
+class RootSetTrainer:
+    """FLTrust's server update (Cao et al., NDSS 2021): local training of the global model on a clean root set.
 
-def root_set_update(cfg: dict[str, Any], codec: ModelCodec, root_size: int, seed: int):
-    """FLTrust's server update: local training of the global model on a clean root set.
-
-    The root set is a seeded random draw of ``root_size`` training samples (Cao et
-    al. sample it from the training distribution); the server trains on it
-    with the clients' own local-training settings and returns the delta.
+    The root set is a seeded random draw of ``root_size`` training samples (Cao
+    et al. sample it from the training distribution). As in the paper, the
+    server takes the **same number of local iterations as a client**
+    (``ceil(median partition size / batch_size) * epochs`` steps, cycling over
+    the root set in fresh orders) with the clients' optimizer settings and
+    their learning-rate schedule at the participation count a client has on
+    average by this round (``(round - 1) * clients_per_round // num_clients``);
+    with ``client.keep_optimizer_state`` it keeps its momentum across rounds,
+    like a client that takes part every round. Returns the parameter delta.
     """
-    from common.config import ClientSettings, typed_section
-    from common.training import train_epochs
 
-    data = dataset_of(cfg)
-    settings = typed_section(cfg["client"], ClientSettings, "client")
-    idx = torch.randperm(len(data.train_y), generator=generator(seed, 6))[:root_size]
-    x, y = to_float(data.train_x[idx]), data.train_y[idx]
-    calls = [0]
+    def __init__(self, run: Any) -> None:
+        data, settings = run.dataset, run.client
+        idx = torch.randperm(len(data.train_y), generator=stream(Stream.ROOT_SET, run.seed))[: run.adapter.root_size]
+        self.x, self.y = to_float(data.train_x[idx]).to(run.device), data.train_y[idx].to(run.device)
+        self.run, self.settings = run, settings
+        median_size = statistics.median(run.partition_sizes)
+        self.steps = math.ceil(median_size / settings.batch_size) * settings.epochs
+        self.momentum: dict[int, torch.Tensor] = {}
 
-    def update(global_state: dict[str, torch.Tensor]) -> torch.Tensor:
-        calls[0] += 1
-        model = build_model(cfg)
+    def __call__(self, global_state: dict[str, torch.Tensor], server_round: int) -> torch.Tensor:
+        run, settings = self.run, self.settings
+        fed = run.federation
+        model = run.new_model()
         model.load_state_dict(global_state)
-        optimizer = settings.sgd(model.parameters())
-        train_epochs(model, optimizer, x, y, spec=data.spec, batch_size=settings.batch_size,
-                     epochs=settings.epochs, generator=generator(seed, calls[0], 7))  # fmt: skip
-        return codec.to_vector(model.state_dict()) - codec.to_vector(global_state)
+        model.to(run.device)
+        participations = (server_round - 1) * fed.clients_per_round // fed.num_clients
+        optimizer = settings.sgd(model.parameters(), participations)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        for i, p in enumerate(params):
+            if i in self.momentum:
+                optimizer.state[p]["momentum_buffer"] = self.momentum[i]
+        generator = stream(Stream.ROOT_TRAINING, run.seed, server_round)
+        batches = step_batches(len(self.y), settings.batch_size, self.steps, generator)
+        train_on_batches(model, optimizer, self.x, self.y, batches, spec=run.spec, generator=generator)
+        if settings.keep_optimizer_state:
+            self.momentum = {
+                i: optimizer.state[p]["momentum_buffer"] for i, p in enumerate(params) if p in optimizer.state
+            }
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        return run.codec.to_vector(state) - run.codec.to_vector(global_state)
 
-    return update
+
+class RunDiverged(RuntimeError):
+    """The global model gave non-finite logits or loss and ``evaluation.on_divergence=stop``."""
 
 
-def write_partition_summary(out_dir: Path, cfg: dict[str, Any]) -> list[int]:
-    """Per-client class counts of the partition; returns each client's size."""
-    data = dataset_of(cfg)
-    parts = partitions(cfg)
-    counts = class_counts(data.train_y.numpy(), parts, data.spec.num_classes)
-    sizes = [int(len(p)) for p in parts]
+def write_partition_summary(out_dir: Path, run: Any) -> None:
+    """Per-client sample and class counts of the partition (``partition.json``)."""
+    counts = class_counts(run.dataset.train_y.numpy(), run.partitions, run.spec.num_classes)
     (out_dir / "partition.json").write_text(
-        json.dumps({"sizes": sizes, "class_counts": counts.tolist()}, separators=(",", ":")) + "\n"
+        json.dumps({"sizes": run.partition_sizes, "class_counts": counts.tolist()}, separators=(",", ":")) + "\n"
     )
-    return sizes
 
 
-def run_federation(grid: Grid, cfg: dict[str, Any]) -> None:
-    """Run one configured federation on ``grid`` and write its outputs."""
+def diverged_line(server_round: int, attack: Any, backdoor: bool) -> dict[str, Any]:
+    """A round whose global model is not finite: every score null, never computed from NaN logits."""
+    line: dict[str, Any] = {"round": server_round, "diverged": True, "accuracy": None, "loss": None,
+                            "per_class_recall": None, "per_class_precision": None, "confusion": None}  # fmt: skip
+    if attack is not None and hasattr(attack, "source") and hasattr(attack, "target"):
+        line.update(source_recall=None, target_recall=None, other_recall=None)
+    if backdoor:
+        line["asr"] = None
+    return line
+
+
+def run_federation(grid: Grid, run: Any) -> None:
+    """Run one configured federation on ``grid`` and write its outputs (``run``: a ``scripts.build.Run``)."""
+    cfg = run.cfg
     out_dir = Path(cfg["output_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    seed = int(cfg["seed"])
-    fed = cfg["federation"]
+    seed, fed = run.seed, run.federation
     random.seed(seed)
     np.random.seed(seed)
+    recorder = RunRecorder(out_dir, fed.num_rounds)
+    extra = {"num_clients": fed.num_clients, "clients_per_round": fed.clients_per_round,
+             "num_rounds": fed.num_rounds, "malicious_clients": sorted(run.threat.malicious)}  # fmt: skip
+    try:
+        status, reason = _run_rounds(grid, run, out_dir, recorder), None
+    except RunDiverged as err:
+        status, reason = "diverged", str(err)
+    except BaseException as err:
+        write_summary(out_dir, {**extra, "status": "failed", "reason": f"{type(err).__name__}: {err}"})
+        raise
+    write_summary(out_dir, {**extra, "status": status, "reason": reason})
+    if run.output.plots:
+        write_plots(out_dir)
 
-    device = resolve_device(cfg["device"])
-    data = dataset_of(cfg)
-    model = build_model(cfg, seed=seed)
+
+def _run_rounds(grid: Grid, run: Any, out_dir: Path, recorder: RunRecorder) -> str:
+    cfg, seed, fed, device = run.cfg, run.seed, run.federation, run.device
+    data = run.dataset
+    model = run.new_model(seed=seed)
     initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    channels_last = uses_channels_last(model, cfg)
+    channels_last = uses_channels_last(model, run.client.channels_last)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    codec = ModelCodec.of(initial_state)
-    sizes = write_partition_summary(out_dir, cfg)
+    write_partition_summary(out_dir, run)
 
-    attack = build_attack(cfg["attack"])
-    threat = build_threat(cfg["attack"], int(fed["num_clients"]), seed)
+    attack, threat = run.attack, run.threat
     malicious = set(threat.malicious)
-    colluding = attack is not None and kind_of(attack) == "colluding"
-
-    rule = build_rule(cfg["strategy"])
-    needs_root = getattr(rule, "needs_server_update", False)
-    root_size = int(cfg["strategy"].get("root_size", 0))
-
-    node_of = enrol_clients(grid, int(fed["num_clients"]), float(fed["connect_timeout"]))
+    colluders = ColludingAttackers(threat, attack, seed) if run.attack_kind == "colluding" else None
+    rule = run.rule
+    node_of = enrol_clients(grid, fed.num_clients, fed.connect_timeout)
     strategy = RobustStrategy(
         rule=rule,
-        codec=codec,
+        codec=run.codec,
         node_of=node_of,
-        sample=threat_sampler(threat, int(fed["clients_per_round"]), seed),
-        partition_sizes=sizes,
+        sample=threat_sampler(threat, fed.clients_per_round, seed),
+        partition_sizes=run.partition_sizes,
         train_config={CONFIG_KEY: json.dumps(cfg)},
-        on_failure=cfg["strategy"].get("on_failure", "raise"),
-        update_hook=colluding_hook(threat, bind_to_population(attack, threat), seed) if colluding else None,
-        generator=generator(seed, 3),
-        server_update=root_set_update(cfg, codec, root_size, seed) if needs_root else None,
+        on_failure=run.adapter.on_failure,
+        update_hook=colluders,
+        generator=stream(Stream.RULE, seed),
+        server_update=RootSetTrainer(run) if getattr(rule, "needs_server_update", False) else None,
     )
-    recorder = RunRecorder(out_dir, int(fed["num_rounds"]))
     test_x, test_y = data.test_x.to(device), data.test_y.to(device)
     final: dict[str, Any] = {"state": initial_state}
     triggered = None
@@ -229,45 +250,48 @@ def run_federation(grid: Grid, cfg: dict[str, Any]) -> None:
         tx, ty = backdoor_test_set(to_float(data.test_x), data.test_y, attack)
         triggered = (tx.to(device), ty.to(device))
     eval_kwargs = {
-        "spec": data.spec,
-        "batch_size": int(cfg["evaluation"]["batch_size"] or (4096 if device.type == "cuda" else 256)),
+        "spec": run.spec,
+        "batch_size": run.evaluation.batch_size or (4096 if device.type == "cuda" else 256),
         "channels_last": channels_last,
         "device": device,
     }
 
-    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         final["state"] = arrays.to_torch_state_dict()
         model.load_state_dict(final["state"])
         cm, loss = confusion_matrix(model, test_x, test_y, **eval_kwargs)
-        line = {"round": server_round, **metrics_from_confusion(cm), "loss": loss}
-        if attack is not None and hasattr(attack, "source") and hasattr(attack, "target"):
-            line.update(targeted_metrics(line["per_class_recall"], attack.source, attack.target))
-        if triggered is not None:
-            tcm, _ = confusion_matrix(model, *triggered, **eval_kwargs)
-            line["asr"] = float(tcm[:, attack.target].sum()) / max(int(tcm.sum()), 1)
+        if math.isfinite(loss):
+            line = {"round": server_round, "diverged": False, **metrics_from_confusion(cm), "loss": loss}
+            if attack is not None and hasattr(attack, "source") and hasattr(attack, "target"):
+                line.update(targeted_metrics(line["per_class_recall"], attack.source, attack.target))
+            if triggered is not None:
+                tcm, _ = confusion_matrix(model, *triggered, **eval_kwargs)
+                line["asr"] = float(tcm[:, attack.target].sum()) / max(int(tcm.sum()), 1)
+        else:
+            line = diverged_line(server_round, attack, triggered is not None)
         if server_round > 0:
-            rec = strategy.last
+            rec = strategy.records[server_round]
             line.update(rec.as_metrics())
             line["malicious_in_round"] = len(set(rec.sampled) & malicious)
-            line.update(detection_scores(rec.replied, line["flagged"], malicious))
+            line["collusion"] = colluders.notes.get(server_round) if colluders is not None else None
+            scored = rec.detects and rec.active and rec.skipped is None
+            line.update(detection_scores(rec.valid, rec.flagged, malicious, scored=scored))
         recorder.record(line)
-        return MetricRecord({"accuracy": line["accuracy"], "loss": loss})
+        if line["diverged"] and run.evaluation.on_divergence == "stop":
+            raise RunDiverged(
+                f"round {server_round}: the global model gives non-finite logits or loss "
+                "(evaluation.on_divergence=stop; set continue to go on)"
+            )
+        return None if line["diverged"] else MetricRecord({"accuracy": line["accuracy"], "loss": loss})
 
-    strategy.start(
-        grid=grid,
-        initial_arrays=ArrayRecord(initial_state),
-        num_rounds=int(fed["num_rounds"]),
-        timeout=float(fed["round_timeout"]),
-        evaluate_fn=evaluate,
-    )
-    torch.save(final["state"], out_dir / "final_model.pt")
-    write_summary(
-        out_dir,
-        {
-            "num_clients": fed["num_clients"],
-            "clients_per_round": fed["clients_per_round"],
-            "malicious_clients": sorted(malicious),
-        },
-    )
-    if cfg["output"].get("plots", True):
-        write_plots(out_dir)
+    try:
+        strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(initial_state),
+            num_rounds=fed.num_rounds,
+            timeout=fed.round_timeout,
+            evaluate_fn=evaluate,
+        )
+    finally:
+        torch.save(final["state"], out_dir / "final_model.pt")
+    return "complete"

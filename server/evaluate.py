@@ -53,14 +53,23 @@ def targeted_metrics(per_class_recall: list[float], source: int, target: int) ->
     }
 
 
-def detection_scores(participants: list[int], flagged: list[int], malicious: set[int]) -> dict[str, Any]:
-    """Score a round's flagged set against the truth, among the round's participants.
+def detection_scores(
+    participants: list[int], flagged: list[int], malicious: set[int], *, scored: bool = True
+) -> dict[str, Any]:
+    """Score a round's flagged set against the truth, among the replies the rule saw.
 
-    Returns ``tp``, ``fp``, ``tpr`` (share of participating malicious clients that
-    were flagged; ``None`` when none took part), ``fpr`` (share of participating
-    benign clients flagged; ``None`` when none took part) and ``precision``
-    (``None`` when nothing was flagged).
+    Only a detecting rule that was active in a round that was not skipped is
+    scored (``scored``); otherwise every field is ``None``, so a rule that does
+    not detect (Krum, the median) never shows a TPR of 0.
+
+    Returns ``tp``, ``fp``, ``fn``, ``tn``, ``tpr`` (share of the malicious
+    participants flagged; ``None`` when none took part), ``fpr`` (share of the
+    benign participants flagged; ``None`` when none took part) and
+    ``precision`` (``None`` when nothing was flagged).
     """
+    keys = ("tp", "fp", "fn", "tn", "tpr", "fpr", "precision")
+    if not scored:
+        return dict.fromkeys(keys)
     present = set(participants)
     bad = present & malicious
     good = present - malicious
@@ -69,6 +78,8 @@ def detection_scores(participants: list[int], flagged: list[int], malicious: set
     return {
         "tp": tp,
         "fp": fp,
+        "fn": len(bad) - tp,
+        "tn": len(good) - fp,
         "tpr": tp / len(bad) if bad else None,
         "fpr": fp / len(good) if good else None,
         "precision": tp / (tp + fp) if (tp + fp) else None,

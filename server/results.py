@@ -1,5 +1,8 @@
 """The outputs of one run: ``metrics.jsonl``, ``summary.json``, plots, console progress.
 
+A diverged round (non-finite model output) is written with every score null
+and drawn as a gap; ``summary.json`` says whether the run completed.
+
 Every round appends one JSON line and flushes it, so a run that dies later keeps
 every round it finished; ``summary.json`` and the plots are written at the end
 (and can be rebuilt from ``metrics.jsonl`` with :func:`write_summary` and
@@ -9,12 +12,35 @@ every round it finished; ``summary.json`` and the plots are written at the end
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+
+
+def progress_line(line: dict[str, Any], num_rounds: int | None = None, eta: float | None = None) -> str:
+    """The console line of one round of ``metrics.jsonl``."""
+    total = f"/{num_rounds}" if num_rounds else ""
+    head = f"[poisonlab] round {line['round']:>4}{total}"
+    if line.get("diverged"):
+        return f"{head}  DIVERGED: non-finite logits or loss, round not scored  {line['seconds']:6.2f}s"
+    extra = "".join(
+        f"  {label} {line[key]:.3f}"
+        for key, label in (("source_recall", "src-recall"), ("asr", "ASR"))
+        if line.get(key) is not None
+    )
+    if line.get("malicious_in_round"):
+        extra += f"  malicious {line['malicious_in_round']}"
+    for key in ("flagged", "excluded", "rejected", "failed"):
+        if line.get(key):
+            extra += f"  {key} {len(line[key])}"
+    if line.get("skipped"):
+        extra += "  SKIPPED"
+    tail = f"  ETA {eta:6.0f}s" if eta is not None else ""
+    return f"{head}  acc {line['accuracy']:.4f}  loss {line['loss']:.4f}{extra}  {line['seconds']:6.2f}s{tail}"
 
 
 class RunRecorder:
@@ -48,23 +74,11 @@ class RunRecorder:
             fh.write(json.dumps(line) + "\n")
         if line["round"] > 0:
             self.round_seconds.append(seconds)
-            done = len(self.round_seconds)
             recent = self.round_seconds[-5:]
-            eta = (self.num_rounds - done) * sum(recent) / len(recent)
-            extra = "".join(
-                f"  {label} {line[key]:.3f}"
-                for key, label in (("source_recall", "src-recall"), ("asr", "ASR"))
-                if line.get(key) is not None
-            )
-            if line.get("malicious_in_round"):
-                extra += f"  malicious {line['malicious_in_round']}"
-            if line.get("flagged"):
-                extra += f"  flagged {len(line['flagged'])}"
-            print(
-                f"[poisonlab] round {line['round']:>4}/{self.num_rounds}  acc {line['accuracy']:.4f}  "
-                f"loss {line['loss']:.4f}{extra}  {seconds:6.2f}s  ETA {eta:6.0f}s",
-                flush=True,
-            )
+            eta = (self.num_rounds - len(self.round_seconds)) * sum(recent) / len(recent)
+            print(progress_line(line, self.num_rounds, eta), flush=True)
+        elif line.get("diverged"):
+            print("[poisonlab] round    0 (initial model)  DIVERGED: non-finite logits or loss", flush=True)
         else:
             print(f"[poisonlab] round    0 (initial model)  acc {line['accuracy']:.4f}", flush=True)
         return line
@@ -73,29 +87,45 @@ class RunRecorder:
 def read_metrics(out_dir: Path) -> list[dict[str, Any]]:
     """All lines of a run's ``metrics.jsonl``."""
     path = Path(out_dir) / METRICS_FILE
+    if not path.exists():
+        return []
     return [json.loads(row) for row in path.read_text().splitlines() if row.strip()]
 
 
 def write_summary(out_dir: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Summarise ``metrics.jsonl`` into ``summary.json`` and return it."""
-    rows = [r for r in read_metrics(out_dir) if r["round"] > 0]
-    if not rows:
-        summary: dict[str, Any] = {"rounds_completed": 0}
-    else:
-        best = max(rows, key=lambda r: r["accuracy"])
-        last10 = rows[-10:]
+    """Summarise ``metrics.jsonl`` into ``summary.json`` and return it.
+
+    Accuracy figures come only from rounds whose model was finite. ``status``
+    (from ``extra``: ``complete``, ``diverged`` or ``failed``, with ``reason``),
+    ``rounds_completed``, ``first_diverged_round`` and ``diverged_rounds`` say
+    whether the run's numbers may be used: ``poisonlab-summarize`` averages only
+    complete runs without a diverged round.
+    """
+    lines = read_metrics(out_dir)
+    rows = [r for r in lines if r["round"] > 0]
+    diverged = [r["round"] for r in rows if r.get("diverged")]
+    scored = [r for r in rows if not r.get("diverged")]
+    summary: dict[str, Any] = {
+        "status": "complete",
+        "reason": None,
+        "rounds_completed": len(rows),
+        "first_diverged_round": diverged[0] if diverged else None,
+        "diverged_rounds": diverged,
+    }
+    if scored:
+        best = max(scored, key=lambda r: r["accuracy"])
+        last10 = scored[-10:]
         timed = [r["seconds"] for r in rows[1:]] or [rows[0]["seconds"]]
-        summary = {
-            "rounds_completed": len(rows),
-            "final_accuracy": rows[-1]["accuracy"],
-            "final_loss": rows[-1]["loss"],
-            "best_accuracy": best["accuracy"],
-            "best_round": best["round"],
-            "mean_accuracy_last10": sum(r["accuracy"] for r in last10) / len(last10),
-            "final_per_class_recall": rows[-1]["per_class_recall"],
-            "seconds_per_round_median": sorted(timed)[len(timed) // 2],
-            "total_seconds": sum(r["seconds"] for r in read_metrics(out_dir)),
-        }
+        summary.update(
+            final_accuracy=rows[-1]["accuracy"],
+            final_loss=rows[-1]["loss"],
+            best_accuracy=best["accuracy"],
+            best_round=best["round"],
+            mean_accuracy_last10=sum(r["accuracy"] for r in last10) / len(last10),
+            final_per_class_recall=rows[-1]["per_class_recall"],
+            seconds_per_round_median=statistics.median(timed),
+            total_seconds=sum(r["seconds"] for r in lines),
+        )
     summary.update(extra or {})
     (Path(out_dir) / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -108,7 +138,7 @@ def write_plots(out_dir: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_metrics(out_dir)
+    rows = [r for r in read_metrics(out_dir) if not r.get("diverged")]
     if not rows:
         return []
     rounds = [r["round"] for r in rows]

@@ -24,6 +24,7 @@ from strategies.rules import (
     PCADetect,
     RoundContext,
     RuleConfigError,
+    SignSGDMajority,
     TrimmedMean,
     bucketing,
     multikrum,
@@ -40,6 +41,7 @@ from strategies.rules.mean import mean
 from strategies.rules.median import median
 from strategies.rules.norm_bound import norm_bound
 from strategies.rules.pca_detect import pca_detect
+from strategies.rules.signsgd import signsgd_majority
 from strategies.rules.trimmed_mean import trimmed_mean
 
 __all__ = [
@@ -62,6 +64,7 @@ __all__ = [
     "PCADetect",
     "RoundContext",
     "RuleConfigError",
+    "SignSGDMajority",
     "TrimmedMean",
     "bucketing",
     "bulyan",
@@ -77,5 +80,6 @@ __all__ = [
     "nearest_neighbor_mixing",
     "norm_bound",
     "pca_detect",
+    "signsgd_majority",
     "trimmed_mean",
 ]

@@ -5,8 +5,10 @@ minus global model, flattened), rejects replies that cannot be trusted (errors,
 wrong tensor names, shapes or dtypes, NaN/Inf), runs the configured rule (with
 its pre-aggregators) and applies the aggregated delta to the global model. It
 records every round's decision (selected, flagged, rejected and failed clients,
-weights) for the harness, which scores it against the truth; the strategy itself
-never learns who is malicious.
+weights) in ``records[server_round]`` for the harness, which scores it against
+the truth; the strategy itself never learns who is malicious. Deltas hold the
+trainable parameters only; buffers (BatchNorm statistics) are checked and
+combined by their median over the replies the rule kept (see ``common.params``).
 """
 
 from __future__ import annotations
@@ -30,42 +32,30 @@ log = logging.getLogger("poisonlab")
 UpdateHook = Callable[[int, list[int], Tensor], Tensor]
 
 
-def build_rule(section: Any) -> Any:
-    """Instantiate the rule of a ``strategy`` config section, with its pre-aggregators.
-
-    The adapter options (``preaggregators``, ``on_failure``, ``root_size``) are taken out
-    before the rule's own keyword-only hyper-parameters are passed to it.
-    """
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    from common.config import ADAPTER_KEYS, ConfigError, instantiate_component
-
-    data = OmegaConf.to_container(section, resolve=True) if not isinstance(section, dict) else dict(section)
-    pre = data.get("preaggregators") or []
-    rule = instantiate_component({k: v for k, v in data.items() if k not in ADAPTER_KEYS}, "strategy")
-    if not pre:
-        return rule
-    try:
-        from strategies.rules.preaggregators import Composed
-
-        return Composed(rule, preaggregators=[instantiate(p, _convert_="all") for p in pre])
-    except Exception as err:
-        raise ConfigError(f"strategy.preaggregators: {err}") from err
-
-
 @dataclass
 class RoundRecord:
-    """What happened to one round's replies (client ids, not node ids)."""
+    """What happened to one round's replies (client ids, not node ids).
+
+    ``rejected`` are malformed replies (wrong tensors, NaN/Inf, invalid
+    buffers), never aggregated; ``excluded`` are valid replies the rule left
+    out of its aggregate (e.g. every row Krum did not select); ``flagged`` are
+    replies a detecting rule declared malicious. ``active`` is false when the
+    rule ran as something else than itself this round (e.g. the PCA defense
+    before its start round); ``detects`` says whether the rule detects at all.
+    """
 
     sampled: list[int] = field(default_factory=list)
     replied: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
     rejected: dict[int, str] = field(default_factory=dict)
+    valid: list[int] = field(default_factory=list)
     selected: list[int] = field(default_factory=list)
+    excluded: list[int] = field(default_factory=list)
     flagged: list[int] = field(default_factory=list)
     weights: dict[int, float] = field(default_factory=dict)
     skipped: str | None = None
+    active: bool = True
+    detects: bool = False
     train_loss: float | None = None
     info: dict[str, float] = field(default_factory=dict)
 
@@ -74,10 +64,13 @@ class RoundRecord:
         return {
             "sampled": self.sampled,
             "selected": self.selected,
-            "flagged": sorted(set(self.flagged) | set(self.rejected)),
+            "excluded": self.excluded,
+            "flagged": self.flagged,
             "rejected": {str(k): v for k, v in self.rejected.items()},
             "failed": {str(k): v for k, v in self.failed.items()},
             "skipped": self.skipped,
+            "defense_active": self.active and self.skipped is None,
+            "detects": self.detects,
             "train_loss": self.train_loss,
             "aggregation": self.info,
         }
@@ -108,7 +101,7 @@ class RobustStrategy(Strategy):
     generator : torch.Generator, optional
         Randomness for noise-adding rules.
     server_update : callable, optional
-        ``server_update(global_state) -> (d,) delta``: the server's own update on
+        ``server_update(global_state, server_round) -> (d,) delta``: the server's own update on
         its clean root set, for rules with ``needs_server_update`` (FLTrust).
     """
 
@@ -124,7 +117,7 @@ class RobustStrategy(Strategy):
         on_failure: str = "raise",
         update_hook: UpdateHook | None = None,
         generator: torch.Generator | None = None,
-        server_update: Callable[[dict[str, Tensor]], Tensor] | None = None,
+        server_update: Callable[[dict[str, Tensor], int], Tensor] | None = None,
     ) -> None:
         if getattr(rule, "needs_server_update", False) and server_update is None:
             raise ValueError(f"{type(rule).__name__} needs the server's root-set update (server_update)")
@@ -140,7 +133,7 @@ class RobustStrategy(Strategy):
         self.generator = generator
         self.server_update = server_update
         self.global_state: dict[str, Tensor] | None = None
-        self.last: RoundRecord = RoundRecord()
+        self.records: dict[int, RoundRecord] = {}
 
     def summary(self) -> None:
         log.info("RobustStrategy: rule=%s, on_failure=%s", type(self.rule).__name__, self.on_failure)
@@ -151,7 +144,9 @@ class RobustStrategy(Strategy):
         """Send the global model to the round's clients, chosen by ``sample``."""
         self.global_state = arrays.to_torch_state_dict()
         clients = self.sample(server_round)
-        self.last = RoundRecord(sampled=list(clients))
+        self.records[server_round] = RoundRecord(
+            sampled=list(clients), detects=bool(getattr(self.rule, "detects", False))
+        )
         payload = ConfigRecord({**self.train_config, **dict(config), "server-round": server_round})
         record = RecordDict({"arrays": arrays, "config": payload})
         return [Message(content=record, message_type=MessageType.TRAIN, dst_node_id=self.node_of[c]) for c in clients]
@@ -164,21 +159,21 @@ class RobustStrategy(Strategy):
         self.codec.check(state)
         vec = self.codec.to_vector(state)
         finite_or_raise(vec)
+        buffers = self.codec.buffers(state)
+        self.codec.check_buffers(buffers)
         loss = None
         if "metrics" in content and "train-loss" in content["metrics"]:
             loss = float(content["metrics"]["train-loss"])
-        return vec - global_vec, self.codec.ints(state), loss
+        return vec - global_vec, buffers, loss
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Check the replies, run the rule, return the new global model."""
         assert self.global_state is not None, "configure_train must run first"
-        rec = self.last
+        rec = self.records[server_round]
         global_vec = self.codec.to_vector(self.global_state)
-        ids: list[int] = []
-        deltas: list[Tensor] = []
-        ints: list[list[Tensor]] = []
+        valid: dict[int, tuple[Tensor, list[Tensor]]] = {}
         losses: list[float] = []
         for msg in replies:
             cid = self.client_of.get(msg.metadata.src_node_id, -1)
@@ -188,29 +183,24 @@ class RobustStrategy(Strategy):
                 continue
             rec.replied.append(cid)
             try:
-                delta, client_ints, loss = self._decode(msg, global_vec)
+                delta, buffers, loss = self._decode(msg, global_vec)
             except (UpdateRejected, KeyError, TypeError, ValueError) as err:
                 rec.rejected[cid] = str(err)
                 log.warning("round %d: rejected the update of client %d: %s", server_round, cid, err)
                 continue
-            ids.append(cid)
-            deltas.append(delta)
-            ints.append(client_ints)
+            valid[cid] = (delta, buffers)
             if loss is not None:
                 losses.append(loss)
-        missing = set(rec.sampled) - set(rec.replied) - set(rec.failed)
-        for cid in sorted(missing):
+        for cid in sorted(set(rec.sampled) - set(rec.replied) - set(rec.failed)):
             rec.failed[cid] = "no reply before the round timeout"
         rec.train_loss = sum(losses) / len(losses) if losses else None
-        order = sorted(range(len(ids)), key=ids.__getitem__)
-        ids = [ids[i] for i in order]
-        deltas = [deltas[i] for i in order]
-        ints = [ints[i] for i in order]
+        ids = sorted(valid)
+        rec.valid = ids
         try:
             self.rule.check_clients(len(ids))
         except RuleConfigError as err:
             return self._cannot_aggregate(server_round, f"{len(ids)} valid replies: {err}")
-        matrix = torch.stack(deltas)
+        matrix = torch.stack([valid[c][0] for c in ids])
         if self.update_hook is not None:
             matrix = self.update_hook(server_round, ids, matrix)
         sizes = torch.tensor([float(self.partition_sizes[c]) for c in ids])
@@ -220,22 +210,26 @@ class RobustStrategy(Strategy):
             layout=self.codec.layout,
             global_vector=global_vec,
             generator=self.generator,
-            server_update=self.server_update(self.global_state) if self.server_update else None,
+            server_update=self.server_update(self.global_state, server_round) if self.server_update else None,
             client_ids=ids,
         )
         result = self.rule(matrix, context)
-        finite_or_raise(result.vector)
-        rec.selected = [ids[i] for i in result.selected.tolist()]
+        if not bool(torch.isfinite(result.vector).all()):
+            return self._cannot_aggregate(server_round, "the rule's aggregate is not finite (NaN/Inf)")
+        selected = result.selected.tolist()
+        rec.selected = [ids[i] for i in selected]
+        rec.excluded = [c for c in ids if c not in set(rec.selected)]
         rec.flagged = [ids[i] for i in result.flagged.tolist()]
+        rec.active = bool(getattr(result, "active", True))
         rec.weights = {ids[i]: float(w) for i, w in enumerate(result.weights.tolist())}
         rec.info = {k: float(v) for k, v in result.info.items()}
-        kept = [ints[i] for i in result.selected.tolist()] or ints
-        new_state = self.codec.to_state(global_vec + result.vector, ModelCodec.combine_ints(kept))
+        kept = [valid[ids[i]][1] for i in selected] or [valid[c][1] for c in ids]
+        new_state = self.codec.to_state(global_vec + result.vector, ModelCodec.combine_buffers(kept))
         return ArrayRecord(new_state), MetricRecord({"num-valid": len(ids)})
 
     def _cannot_aggregate(self, server_round: int, reason: str) -> tuple[ArrayRecord | None, None]:
         if self.on_failure == "skip":
-            self.last.skipped = reason
+            self.records[server_round].skipped = reason
             log.warning("round %d skipped (strategy.on_failure=skip): %s", server_round, reason)
             return None, None
         raise RuntimeError(

@@ -125,7 +125,7 @@ def test_deployment_with_a_malicious_supernode_matches_the_simulation(attacked, 
             assert sock.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still served"
 
 
-def test_krum_keeps_a_sign_flipper_out_and_the_harness_scores_it(tmp_path, fmnist_root):
+def test_krum_keeps_a_sign_flipper_out_and_records_it_as_excluded_not_detected(tmp_path, fmnist_root):
     run_cli(
         "federation.num_clients=5", "federation.clients_per_round=5", "federation.num_rounds=2",
         "partition.samples_per_client=300", "client.batch_size=10", "seed=1",
@@ -137,6 +137,8 @@ def test_krum_keeps_a_sign_flipper_out_and_the_harness_scores_it(tmp_path, fmnis
     for line in lines[1:]:
         assert line["malicious_in_round"] == 1
         assert len(line["selected"]) == 1 and bad not in line["selected"]
-        assert bad in line["flagged"] and line["tp"] == 1 and line["tpr"] == 1.0
-        assert line["fp"] == 3 and line["fpr"] == 0.75  # Krum keeps one update: 3 of 4 honest flagged too
+        assert bad in line["excluded"] and len(line["excluded"]) == 4  # Krum keeps one update, leaves out four
+        # Krum selects, it does not detect: no flags, and no detection score (never a TPR of 0 or 1)
+        assert line["flagged"] == [] and line["detects"] is False and line["defense_active"] is True
+        assert line["tp"] is None and line["tpr"] is None and line["precision"] is None
     assert lines[2]["accuracy"] > 0.6

@@ -33,6 +33,7 @@ from strategies.rules.preaggregators import (
     bucketing,
     nearest_neighbor_mixing,
 )
+from strategies.rules.signsgd import SignSGDMajority, signsgd_majority
 from strategies.rules.trimmed_mean import TrimmedMean
 
 __all__ = [
@@ -55,8 +56,10 @@ __all__ = [
     "PCADetect",
     "RoundContext",
     "RuleConfigError",
+    "SignSGDMajority",
     "TrimmedMean",
     "bucketing",
     "multikrum",
     "nearest_neighbor_mixing",
+    "signsgd_majority",
 ]

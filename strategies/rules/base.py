@@ -2,63 +2,64 @@
 
 A rule sees an ``(n, d)`` tensor of update deltas (one row per replying client,
 rows in an arbitrary order) and returns an :class:`Aggregate`: the aggregated
-delta and its decision (which rows it kept, with which weight, which it flagged).
-Rules never see who is malicious; the harness scores ``flagged`` against the
-truth afterwards.
+delta and its decision. Rules never see who is malicious; the harness scores
+the decision against the truth afterwards. The decision has three parts, each
+with one meaning:
+
+* ``selected``: the rows that contributed to the aggregate. A selection rule
+  (Krum, Multi-Krum, Bulyan) keeps some rows and leaves the others out; a row
+  that is left out is simply not in ``selected`` (the adapter derives
+  "excluded" as "not selected"). Leaving a row out is not an accusation.
+* ``flagged``: the rows **declared malicious by a detector**. Only rules whose
+  class says ``detects = True`` fill it (FLAME: rows outside the majority
+  cluster; FoolsGold: weight-0 rows; FLTrust: trust-0 rows; the PCA defense:
+  the separated minority). Every other rule returns an empty ``flagged``, so a
+  detection rate is only ever computed for a detector.
+* ``active``: whether the rule ran as itself this round. ``False`` means it ran
+  as something else (the PCA defense before its start round, or before it has
+  stacked enough rows, returns the plain mean); such a round must not be
+  counted as the defense's result.
 
 Rules are small callables configured once with keyword-only hyper-parameters
 (validated in ``__init__`` with messages that show the values) and called once
-per round. ``check_clients(n)`` raises :class:`RuleConfigError` when a round of
-``n`` replies cannot satisfy the rule's precondition (e.g. Krum needs
-``n > 2f + 2``); the runner calls it at configuration time with the run's
-``clients_per_round`` and the adapter calls it again each round.
+per round; see :class:`Rule`. ``check_clients(n)`` raises
+:class:`RuleConfigError` when a round of ``n`` replies cannot satisfy the
+rule's precondition (e.g. Krum needs ``n > 2f + 2``) **or** would reduce the
+defense to exactly the plain mean (e.g. a trimmed mean that trims
+``int(beta * n) = 0`` values); the message shows the values and the fix. The
+runner calls it at configuration time with the run's ``clients_per_round`` and
+the adapter calls it again each round with the number of valid replies. The
+plain functions (``trimmed_mean(updates, beta=...)``, ...) compute the maths
+for every ``n`` at which it is defined, degenerate or not; the refusal of a
+degenerate ``n`` is the configured rule's.
+
+:class:`~common.layout.Layout` lives on the ground floor (``common.layout``)
+and is re-exported here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
+from common.layout import Layout
+
+__all__ = [
+    "Aggregate",
+    "Layout",
+    "RoundContext",
+    "Rule",
+    "RuleConfigError",
+    "as_index",
+    "check_updates",
+]
+
 
 class RuleConfigError(ValueError):
     """A rule's hyper-parameters, or the number of replies, violate its preconditions."""
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where each named model tensor lives inside the flat update vector.
-
-    Attributes
-    ----------
-    names : tuple of str
-        State-dict keys of the floating-point tensors, in vector order.
-    shapes : tuple of torch.Size
-        Shape of each tensor.
-    offsets : tuple of int
-        Start index of each tensor in the flat vector (``offsets[i] + numel``
-        is its end).
-    """
-
-    names: tuple[str, ...]
-    shapes: tuple[torch.Size, ...]
-    offsets: tuple[int, ...]
-
-    def slice_of(self, name: str) -> slice:
-        """Return the slice of the flat vector that holds tensor ``name``."""
-        try:
-            i = self.names.index(name)
-        except ValueError:
-            raise KeyError(f"no tensor named {name!r} in the model; known: {list(self.names)}") from None
-        return slice(self.offsets[i], self.offsets[i] + self.shapes[i].numel())
-
-    @property
-    def size(self) -> int:
-        """Total length of the flat vector."""
-        if not self.names:
-            return 0
-        return self.offsets[-1] + self.shapes[-1].numel()
 
 
 @dataclass
@@ -99,7 +100,7 @@ class RoundContext:
 
 @dataclass(frozen=True)
 class Aggregate:
-    """Result of one aggregation.
+    """Result of one aggregation (see the module docstring for the three parts of the decision).
 
     Attributes
     ----------
@@ -107,15 +108,20 @@ class Aggregate:
         ``(d,)`` aggregated update delta, same dtype and device as the input.
     weights : Tensor
         ``(n,)`` weight each input row received in ``vector`` (0 for rows
-        that were dropped). For rules that are not a weighted mean (median,
-        geometric median) this is the rule's best per-row attribution, and
-        rows are 1/k for the k rows that took part.
+        that were dropped). For rules that are not a weighted mean of the
+        rows (coordinate-wise median and trimmed mean, Bulyan, signSGD's vote)
+        this is the rule's best per-row attribution, documented with each rule.
     selected : Tensor
         Indices (long) of the rows that contributed to ``vector``.
     flagged : Tensor
-        Indices (long) of the rows the rule considers suspicious.
+        Indices (long) of the rows a detector declared malicious; always empty
+        for a rule whose class has ``detects = False``.
     info : dict
         Optional scalar diagnostics (e.g. clipping threshold, cluster sizes).
+    active : bool
+        ``False`` when the rule ran as something else than itself this round
+        (e.g. the PCA defense's plain-mean warm-up); the round is then not the
+        defense's result.
     """
 
     vector: Tensor
@@ -123,6 +129,32 @@ class Aggregate:
     selected: Tensor
     flagged: Tensor
     info: dict[str, float] = field(default_factory=dict)
+    active: bool = True
+
+
+class Rule(Protocol):
+    """What a configured rule provides (every class in this package, and ``Composed``).
+
+    Attributes
+    ----------
+    detects : bool
+        ``True`` for detectors, the only rules that fill ``Aggregate.flagged``.
+        A ``ClassVar`` of every rule class; ``Composed`` reports its inner
+        rule's.
+    """
+
+    @property
+    def detects(self) -> bool:
+        """Whether the rule declares rows malicious (fills ``Aggregate.flagged``)."""
+        ...
+
+    def check_clients(self, n: int) -> None:
+        """Raise :class:`RuleConfigError` if ``n`` rows cannot satisfy the rule or reduce it to the plain mean."""
+        ...
+
+    def __call__(self, updates: Tensor, context: RoundContext | None) -> Aggregate:
+        """Aggregate one round."""
+        ...
 
 
 def as_index(mask_or_indices: Tensor | list[int], n: int | None = None) -> Tensor:

@@ -38,17 +38,24 @@ Other differences from Flower:
 
 Per-row ``weights`` are each selected row's share of the averaged values over
 all coordinates; ``selected`` is the ``theta`` rows of stage 1 (a selected row
-may still have share 0), ``flagged`` the ``2f`` rows it left out.
+may still have share 0). The ``2f`` rows stage 1 leaves out are not flagged:
+Bulyan selects, it does not declare anyone malicious (``detects = False``,
+``flagged`` is empty).
+
+Degenerate configuration: with ``f = 0`` both stages keep every row
+(``theta = beta = n``), which is exactly the plain mean;
+:meth:`Bulyan.check_clients` refuses it. The function :func:`bulyan` computes
+it.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
 
-from strategies.rules._common import everyone, int_param, pairwise_sq_dists
+from strategies.rules._common import int_param, nobody, pairwise_sq_dists
 from strategies.rules._coordinatewise import mean_closest_to_median
 from strategies.rules._iterated_krum import iterated_krum
 from strategies.rules.base import Aggregate, RoundContext, RuleConfigError, as_index, check_updates
@@ -101,7 +108,7 @@ def bulyan(updates: Tensor, *, f: int, selection: Selection = "iterated") -> Agg
     Returns
     -------
     Aggregate
-        Bulyan vector; the ``theta`` selected rows; the other ``2f`` flagged.
+        Bulyan vector; the ``theta`` selected rows; the other ``2f`` left out, none flagged.
     """
     f = int_param("bulyan", "f", f, minimum=0)
     selection = _check_selection(selection)  # type: ignore[assignment]
@@ -113,13 +120,11 @@ def bulyan(updates: Tensor, *, f: int, selection: Selection = "iterated") -> Agg
     vector, shares = mean_closest_to_median(updates, rows, beta)
     weights = torch.zeros(n, dtype=updates.dtype, device=updates.device)
     weights[rows] = shares.to(updates.dtype)
-    left_out = torch.ones(n, dtype=torch.bool, device=updates.device)
-    left_out[rows] = False
     return Aggregate(
         vector=vector,
         weights=weights,
         selected=as_index(rows.cpu()).to(updates.device),
-        flagged=everyone(n, updates.device)[left_out],
+        flagged=nobody(updates.device),
         info={"theta": float(theta), "beta": float(beta)},
     )
 
@@ -130,18 +135,26 @@ class Bulyan:
     Parameters
     ----------
     f : int
-        Assumed number of Byzantine clients per round.
+        Assumed number of Byzantine clients per round; ``f = 0`` is refused by
+        :meth:`check_clients` (it is the plain mean).
     selection : {"iterated", "multikrum"}
         Stage-1 selection; default the paper's iterated Krum.
     """
+
+    detects: ClassVar[bool] = False
 
     def __init__(self, *, f: int, selection: Selection = "iterated") -> None:
         self.f = int_param("bulyan", "f", f, minimum=0)
         self.selection: Selection = _check_selection(selection)  # type: ignore[assignment]
 
     def check_clients(self, n: int) -> None:
-        """Bulyan needs ``n >= 4f + 3`` replies."""
+        """Bulyan needs ``n >= 4f + 3`` replies and ``f >= 1`` (with ``f = 0`` it keeps every row: the plain mean)."""
         check_bulyan_clients(n, self.f)
+        if self.f == 0:
+            raise RuleConfigError(
+                f"bulyan with f=0 keeps all n={n} replies in both stages (theta = beta = n), which is the plain "
+                f"mean; set strategy.f >= 1 (and sample at least 7 clients per round) or use strategy=fedavg"
+            )
 
     def __call__(self, updates: Tensor, context: RoundContext | None = None) -> Aggregate:
         return bulyan(updates, f=self.f, selection=self.selection)

@@ -13,11 +13,22 @@ the clipping radius in the units of the updates.
 
 Because every step is affine in the rows, ``v_L = a * v_0 + sum_i w_i x_i``;
 ``weights`` reports the ``w_i`` (they sum to ``1 - a``, the rest is the
-centre's share, ``info["center_weight"]``). Nothing is flagged;
-``info["clipped"]`` counts the rows clipped in the last iteration.
+centre's share, ``info["center_weight"]``). Nothing is flagged
+(``detects = False``); ``info["clipped"]`` counts the rows clipped in the last
+iteration.
+
+When it is the plain mean: an iteration that clips no row
+(``||x_i - v_l|| <= tau`` for every ``i``) returns ``v_l + mean_i (x_i - v_l)
+= mean_i x_i``, whatever the centre. So a round with ``info["clipped"] == 0``
+returned exactly the plain mean, which is what a ``tau`` large against the
+spread of the updates around the centre gives. This depends on the data, not
+on ``n``, so :meth:`CenteredClipping.check_clients` does not refuse it; choose
+``tau`` in the units of the model's updates and watch ``clipped``.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -109,6 +120,8 @@ class CenteredClipping:
     :meth:`reset` between independent runs.
     """
 
+    detects: ClassVar[bool] = False
+
     def __init__(self, *, tau: float, iterations: int = 1) -> None:
         self.tau = float_param("centered_clipping", "tau", tau, low=0.0, low_open=True)
         self.iterations = int_param("centered_clipping", "iterations", iterations, minimum=1)
@@ -119,7 +132,7 @@ class CenteredClipping:
         self.center = None
 
     def check_clients(self, n: int) -> None:
-        """Any positive number of replies will do."""
+        """Any positive number of replies will do (whether a round clips, or is the plain mean, depends on the data)."""
         if n < 1:
             raise RuleConfigError(f"centered_clipping needs at least 1 reply, got n={n}")
 

@@ -38,12 +38,20 @@ the rule sees). Cosines between full models are all close to 1, dominated by
 the shared global model, and their differences drown in float32 rounding,
 while the updates carry the directions the filter is meant to compare.
 
-``flagged`` is the rows outside the majority cluster; ``weights`` are the
-coefficients ``min(1, S / ||x_i||) / k`` of the ``k`` kept rows (before noise,
-the vector is exactly ``weights @ updates``).
+FLAME is a detector (``detects = True``): ``flagged`` is the rows outside the
+majority cluster; ``weights`` are the coefficients ``min(1, S / ||x_i||) / k``
+of the ``k`` kept rows (before noise, the vector is exactly
+``weights @ updates``).
+
+Degenerate ``n``: with ``n <= 2`` the majority cluster needs
+``n // 2 + 1 = n`` rows, i.e. every reply, so the filter can never drop
+anyone and FLAME is only clipping plus noise; :meth:`Flame.check_clients`
+refuses ``n < 3`` (the function computes it).
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -185,13 +193,20 @@ class Flame:
         value for image classification).
     """
 
+    detects: ClassVar[bool] = True
+
     def __init__(self, *, noise_lambda: float = 0.001) -> None:
         self.noise_lambda = float_param("flame", "noise_lambda", noise_lambda, low=0.0)
 
     def check_clients(self, n: int) -> None:
-        """Any positive number of replies will do (below 3 the filter keeps everyone)."""
+        """At least 3 replies: below 3 the majority cluster is every reply and nothing can be filtered."""
         if n < 1:
             raise RuleConfigError(f"flame needs at least 1 reply, got n={n}")
+        if n < 3:
+            raise RuleConfigError(
+                f"flame needs at least 3 replies to cluster, got n={n}: its majority cluster of n // 2 + 1 = "
+                f"{n // 2 + 1} rows is every reply, so it filters nothing; sample at least 3 clients per round"
+            )
 
     def __call__(self, updates: Tensor, context: RoundContext | None = None) -> Aggregate:
         generator = context.generator if context is not None else None

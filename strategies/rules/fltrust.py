@@ -14,10 +14,18 @@ the zero update and every row is flagged.
 
 ``weights`` are the coefficients on the raw rows,
 ``TS_i * ||g0|| / ||g_i|| / sum TS`` (the vector is exactly
-``weights @ updates``); ``flagged`` is the rows with trust 0.
+``weights @ updates``). FLTrust is a detector (``detects = True``):
+``flagged`` is the rows with trust 0.
+
+No degenerate ``n``: every reply is judged against the server's own update,
+not against the other replies, so even a single reply is checked, weighted by
+its trust and rescaled to the server update's norm; no number of replies
+reduces FLTrust to the plain mean.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -75,10 +83,11 @@ def fltrust(updates: Tensor, *, server_update: Tensor) -> Aggregate:
 class FLTrust:
     """FLTrust as a configured rule; needs ``context.server_update`` every round."""
 
-    needs_server_update = True
+    detects: ClassVar[bool] = True
+    needs_server_update: ClassVar[bool] = True
 
     def check_clients(self, n: int) -> None:
-        """Any positive number of replies will do."""
+        """Any positive number of replies will do (each is judged against the server's update)."""
         if n < 1:
             raise RuleConfigError(f"fltrust needs at least 1 reply, got n={n}")
 

@@ -25,12 +25,20 @@ History and client identity: the rule only sees rows, so the configured rule
 :class:`FoolsGold` keys the history by ``context.client_ids`` (the adapter's
 stable client identities). Without ids it falls back to **per-round
 similarity**: ``H`` is just this round's updates, and nothing is kept.
-``flagged`` is the rows with weight 0.
+FoolsGold is a detector (``detects = True``): ``flagged`` is the rows with
+weight 0.
+
+Degenerate ``n``: with one client there is nobody to compare with (weight 1);
+with two, both have the same maximum similarity (each other's), so both get
+the same weight: the plain mean, or the zero update when they point the same
+way. :meth:`FoolsGold.check_clients` refuses ``n < 3`` (the function computes
+it).
 """
 
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -127,6 +135,8 @@ class FoolsGold:
     ``d``-vector per distinct client seen. Call :meth:`reset` between runs.
     """
 
+    detects: ClassVar[bool] = True
+
     def __init__(self, *, kappa: float = 1.0) -> None:
         self.kappa = float_param("foolsgold", "kappa", kappa, low=0.0, low_open=True)
         self._rows: dict[int, int] = {}
@@ -138,9 +148,15 @@ class FoolsGold:
         self._store = None
 
     def check_clients(self, n: int) -> None:
-        """Any positive number of replies will do."""
+        """At least 3 replies: one or two clients always get equal weights (the plain mean)."""
         if n < 1:
             raise RuleConfigError(f"foolsgold needs at least 1 reply, got n={n}")
+        if n < 3:
+            raise RuleConfigError(
+                f"foolsgold needs at least 3 replies to compare, got n={n}: with 2 or fewer every client gets "
+                f"the same weight (the plain mean, or nothing when two point the same way); "
+                f"sample at least 3 clients per round"
+            )
 
     def _history(self, updates: Tensor, ids: list[int]) -> tuple[Tensor, Tensor]:
         """Add this round's updates to the store; return ``(store, rows of this round's clients)``."""

@@ -17,10 +17,19 @@ geometric median.
 ``alpha`` is uniform, or the server-known example weights with
 ``weighted=True``. The per-row ``weights`` of the result are the final
 normalised ``beta`` (the vector is exactly ``weights @ updates``); nothing is
-flagged.
+flagged (``detects = False``).
+
+Degenerate ``n``: one point is its own median, and for two points with equal
+``alpha`` every Weiszfeld iterate stays at their mean (the start point is
+equally far from both, so both get the same ``beta``): with ``n <= 2`` the rule
+is exactly the plain mean. With unequal ``alpha`` two points only pull towards
+the heavier one; two replies have no majority to protect either way.
+:meth:`GeoMed.check_clients` refuses ``n <= 2``; the function computes it.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -119,6 +128,8 @@ class GeoMed:
         ``True``: ``alpha`` = the server-known example weights of the round.
     """
 
+    detects: ClassVar[bool] = False
+
     def __init__(self, *, max_iter: int = 4, tol: float = 1e-6, nu: float = 1e-5, weighted: bool = False) -> None:
         self.max_iter = int_param("geomed", "max_iter", max_iter, minimum=1)
         self.tol = float_param("geomed", "tol", tol, low=0.0)
@@ -128,9 +139,15 @@ class GeoMed:
         self.weighted = weighted
 
     def check_clients(self, n: int) -> None:
-        """Any positive number of replies will do."""
+        """At least 3 replies: the Weiszfeld iterate of ``n <= 2`` points is their plain mean."""
         if n < 1:
             raise RuleConfigError(f"geomed needs at least 1 reply, got n={n}")
+        if n <= 2:
+            raise RuleConfigError(
+                f"geomed of n={n} replies is no defense: the Weiszfeld iterate of 1 or 2 equally weighted points "
+                f"stays at their plain mean (and 2 weighted points have no majority); sample at least 3 clients "
+                f"per round, or use strategy=fedavg for a plain mean"
+            )
 
     def __call__(self, updates: Tensor, context: RoundContext | None = None) -> Aggregate:
         weights = context.weights if (self.weighted and context is not None) else None

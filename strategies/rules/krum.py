@@ -28,19 +28,29 @@ call ``select_multikrum``):
   ``num-examples``; here ``m`` defaults to ``n - f`` and the mean is
   unweighted (the paper's, and never trusting what a client says about itself).
   With equal ``num-examples`` the two agree.
+
+Decision: ``selected`` is the ``m`` rows with the lowest scores (weight
+``1/m`` each); the rows left out are not flagged (Krum selects, it does not
+declare anyone malicious: ``detects = False``, ``flagged`` is empty).
+
+Degenerate configurations: Multi-Krum with ``m = n`` averages every row, which
+is exactly the plain mean; :meth:`MultiKrum.check_clients` refuses it (with the
+default ``m = n - f`` that is ``f = 0``). Krum (``m = 1``) never is: it needs
+``n > 2f + 2 >= 2`` rows and returns one of them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from strategies.rules._common import (
-    everyone,
     finish,
     int_param,
+    nobody,
     pairwise_sq_dists,
     weighted_sum,
 )
@@ -100,13 +110,11 @@ def multikrum_decision(sq_dists: Tensor, f: int, m: int, rule: str = "multikrum"
     best = order[:m]
     weights = torch.zeros(n, dtype=sq_dists.dtype, device=device)
     weights[best] = 1.0 / m
-    flagged_mask = torch.ones(n, dtype=torch.bool, device=device)
-    flagged_mask[best] = False
     return Aggregate(
         vector=torch.zeros(0, dtype=sq_dists.dtype, device=device),
         weights=weights,
         selected=as_index(best.cpu()).to(device),
-        flagged=everyone(n, device)[flagged_mask],
+        flagged=nobody(device),
         info={"neighbours": float(n - f - 2), "best_score": float(scores[order[0]])},
     )
 
@@ -136,7 +144,7 @@ def krum(updates: Tensor, *, f: int) -> Aggregate:
     Returns
     -------
     Aggregate
-        The selected row (weight 1); every other row flagged.
+        The selected row (weight 1); the others left out, none flagged.
     """
     return _multikrum(updates, f, 1, "krum")
 
@@ -156,7 +164,7 @@ def multikrum(updates: Tensor, *, f: int, m: int | None = None) -> Aggregate:
     Returns
     -------
     Aggregate
-        The ``m`` selected rows (weight ``1/m`` each); the others flagged.
+        The ``m`` selected rows (weight ``1/m`` each); the others left out, none flagged.
     """
     n = check_updates(updates)
     return _multikrum(updates, f, n - f if m is None else m, "multikrum")
@@ -170,6 +178,8 @@ class Krum:
     f : int
         Assumed number of Byzantine clients per round.
     """
+
+    detects: ClassVar[bool] = False
 
     def __init__(self, *, f: int) -> None:
         self.f = int_param("krum", "f", f, minimum=0)
@@ -194,18 +204,32 @@ class MultiKrum:
     f : int
         Assumed number of Byzantine clients per round.
     m : int, optional
-        How many updates to average; default ``n - f`` of each round.
+        How many updates to average; default ``n - f`` of each round. Must
+        stay below each round's ``n`` (``m = n`` is the plain mean).
     """
+
+    detects: ClassVar[bool] = False
 
     def __init__(self, *, f: int, m: int | None = None) -> None:
         self.f = int_param("multikrum", "f", f, minimum=0)
         self.m = None if m is None else int_param("multikrum", "m", m, minimum=1)
 
     def check_clients(self, n: int) -> None:
-        """Multi-Krum needs ``n > 2f + 2`` replies and ``m <= n``."""
+        """Multi-Krum needs ``n > 2f + 2`` replies and averages fewer than all of them (``m < n``).
+
+        ``m = n`` (with the default ``m = n - f``: ``f = 0``) averages every
+        reply, exactly the plain mean, and is refused.
+        """
         check_krum_clients("multikrum", n, self.f)
         if self.m is not None and self.m > n:
             raise RuleConfigError(f"multikrum: m must be <= n, got m={self.m} with n={n}")
+        m = n - self.f if self.m is None else self.m
+        if m == n:
+            raise RuleConfigError(
+                f"multikrum averages m={m} of n={n} replies (f={self.f}, m={self.m}): every reply, which is the "
+                f"plain mean; set strategy.m below n or strategy.f >= 1 (m defaults to n - f), "
+                f"or use strategy=fedavg for a plain mean"
+            )
 
     def __call__(self, updates: Tensor, context: RoundContext | None = None) -> Aggregate:
         return multikrum(updates, f=self.f, m=self.m)

@@ -11,6 +11,8 @@ Two variants:
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
@@ -61,6 +63,8 @@ class Mean:
         ``False`` (paper A): unweighted mean. ``True``: weight by the partition
         sizes the server knows.
     """
+
+    detects: ClassVar[bool] = False
 
     def __init__(self, *, weighted: bool = False) -> None:
         if not isinstance(weighted, bool):

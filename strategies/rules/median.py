@@ -13,10 +13,16 @@ commutes with adding the same global model to every row, up to rounding).
 
 Per-row ``weights`` are each row's share of the median values over all
 coordinates (a middle value counts 1/2 for even ``n``); ``selected`` is the
-rows with a positive share; nothing is flagged.
+rows with a positive share; nothing is flagged (``detects = False``).
+
+Degenerate ``n``: the median of one value is that value and the median of two
+is their mean, so with ``n <= 2`` replies the rule is exactly the plain mean;
+:meth:`Median.check_clients` refuses ``n <= 2`` (the function computes it).
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 from torch import Tensor
 
@@ -52,10 +58,17 @@ def median(updates: Tensor) -> Aggregate:
 class Median:
     """Coordinate-wise median as a configured rule (no hyper-parameters)."""
 
+    detects: ClassVar[bool] = False
+
     def check_clients(self, n: int) -> None:
-        """Any positive number of replies will do."""
+        """At least 3 replies: the median of ``n <= 2`` values is their plain mean."""
         if n < 1:
             raise RuleConfigError(f"median needs at least 1 reply, got n={n}")
+        if n <= 2:
+            raise RuleConfigError(
+                f"median of n={n} replies is their plain mean (the median of 2 values averages them); "
+                f"sample at least 3 clients per round, or use strategy=fedavg for a plain mean"
+            )
 
     def __call__(self, updates: Tensor, context: RoundContext | None = None) -> Aggregate:
         return median(updates)

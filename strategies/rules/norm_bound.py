@@ -9,13 +9,22 @@ the clipped updates are averaged (unweighted), and with ``sigma > 0``
 Gaussian noise ``N(0, sigma^2 I)`` is added to the average ("weak DP"; the
 noise is drawn from ``context.generator``).
 
-Norm bounding flags nothing; ``weights`` are the coefficients
-``min(1, M / ||x_i||) / n`` (so the vector before noise is exactly
+Norm bounding flags nothing (``detects = False``); ``weights`` are the
+coefficients ``min(1, M / ||x_i||) / n`` (so the vector before noise is exactly
 ``weights @ updates``), ``info["clipped"]`` counts the rows that were scaled
 down.
+
+When it is the plain mean: a round in which no update is longer than ``M``
+(``info["clipped"] == 0``) returns exactly the plain mean, plus the noise when
+``sigma > 0``. A ``max_norm`` large against the updates' norms makes every
+round so; that depends on the data, not on ``n``, so
+:meth:`NormBound.check_clients` does not refuse it. Choose ``max_norm`` in the
+units of the model's updates and watch ``clipped``.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -89,12 +98,14 @@ class NormBound:
         Noise standard deviation (>= 0); 0 disables the noise.
     """
 
+    detects: ClassVar[bool] = False
+
     def __init__(self, *, max_norm: float, sigma: float = 0.0) -> None:
         self.max_norm = float_param("norm_bound", "max_norm", max_norm, low=0.0, low_open=True)
         self.sigma = float_param("norm_bound", "sigma", sigma, low=0.0)
 
     def check_clients(self, n: int) -> None:
-        """Any positive number of replies will do."""
+        """Any positive number of replies will do (whether a round clips, or is the plain mean, depends on the data)."""
         if n < 1:
             raise RuleConfigError(f"norm_bound needs at least 1 reply, got n={n}")
 

@@ -23,13 +23,27 @@ within-group sum of squared distances in the 2-D projection,
 
 i.e. the distance between the centroids in units of the pooled within-group
 standard deviation; flag the smaller group only if ``separation >=
-min_separation`` (default 4) and it is a strict minority. Calibration
-(computed here on pure Gaussian noise, 128 features): the separation of a
-2-means split has median about 1.4 and stayed below 2.2 for n = 5 to 1000
-clients; a single dominant principal direction pushes it towards 2.65 (the
-1-D value) as n grows. A group shifted by 3 noise standard deviations per
-feature was flagged exactly in 30 of 30 draws from n = 5 on. Fewer than 3
-clients, equal group sizes, or a degenerate projection flag nothing.
+min_separation`` and it is a strict minority. Calibration (computed here on
+pure Gaussian noise, 128 features): the separation of a 2-means split has
+median about 1.4 and stayed below 2.2 for n = 5 to 1000 clients; a single
+dominant principal direction pushes it towards 2.65 (the 1-D value) as n
+grows. With ``min_separation = 4``, a group shifted by 3 noise standard
+deviations per feature was flagged exactly in 30 of 30 draws from n = 5 on.
+The configured rule's default, ``min_separation = 2.0``, comes from stacked
+rounds of real Fashion-MNIST training instead (see :class:`PCADetect`); it lies
+below the noise ceiling above, so where honest rows spread like isotropic
+noise it can flag honest clients. :func:`pca_detect` takes ``min_separation``
+explicitly, with no default.
+
+The PCA defense is a detector (``detects = True``): ``flagged`` is this
+round's members of the separated minority. It reports ``active = False`` when
+it did not run as itself and returned the plain mean instead: before
+``start_round``, while fewer than ``min_rows`` rows are stacked, and when fewer
+than 3 rows could be clustered. Equal group sizes or a degenerate projection
+flag nothing (the defense ran and found no minority). With ``history_rounds =
+h``, at most ``n * (h + 1)`` rows are ever stacked, so
+:meth:`PCADetect.check_clients` refuses an ``n`` at which that stays below
+``min_rows``: the defense would never leave its plain-mean warm-up.
 
 2-means: the first centre is the point farthest from the centroid, the second
 the point farthest from the first (lowest index on exact ties), then Lloyd
@@ -40,6 +54,7 @@ not change the groups.
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -109,7 +124,7 @@ def pca_detect(
     layout: Layout,
     source: int,
     layer: str = "fc.weight",
-    min_separation: float = 4.0,
+    min_separation: float,
     history: Tensor | None = None,
 ) -> Aggregate:
     """Flag the minority PCA cluster of the source-class output rows; average the rest.
@@ -125,7 +140,8 @@ def pca_detect(
     layer : str
         Name of the output layer's weight matrix.
     min_separation : float
-        Centroid distance in pooled within-group standard deviations needed to flag (> 0).
+        Centroid distance in pooled within-group standard deviations needed
+        to flag (> 0); no default (see the module docstring for calibration).
     history : Tensor, optional
         ``(h, features)`` source rows of earlier participants (Tolpegin et al. stack
         every participant of every round from round 10 on). They are clustered
@@ -134,7 +150,8 @@ def pca_detect(
     Returns
     -------
     Aggregate
-        Unweighted mean of the unflagged rows.
+        Unweighted mean of the unflagged rows; ``active = False`` (and the
+        plain mean) when fewer than 3 rows, history included, are stacked.
     """
     source = int_param("pca_detect", "source", source, minimum=0)
     min_separation = float_param("pca_detect", "min_separation", min_separation, low=0.0, low_open=True)
@@ -144,7 +161,8 @@ def pca_detect(
         rows = torch.cat([history.to(rows), rows])
     flagged = torch.zeros(n, dtype=torch.bool, device=updates.device)
     info: dict[str, float] = {"separation": 0.0, "minority_size": 0.0, "stacked_rows": float(rows.shape[0])}
-    if rows.shape[0] >= 3:
+    clustered = rows.shape[0] >= 3
+    if clustered:
         points = project_2d(rows)
         labels, centres = two_means(points)
         sizes = torch.bincount(labels, minlength=2)
@@ -162,6 +180,7 @@ def pca_detect(
         selected=everyone(n, updates.device)[keep],
         flagged=everyone(n, updates.device)[flagged],
         info=info,
+        active=clustered,
     )
 
 
@@ -175,13 +194,17 @@ class PCADetect:
     layer : str
         Output layer weight matrix; default ``"fc.weight"`` (the Fashion-MNIST CNN).
     start_round : int
-        First round that detects (the paper: 10); before it, plain mean, nothing flagged.
+        First round that detects (the paper: 10); before it the rule is
+        inactive (``active = False``): plain mean, nothing flagged.
     min_separation : float
-        Separation threshold (see the module docstring and below).
+        Separation threshold; default 2.0 (see the module docstring and below).
     history_rounds : int
         Rounds of earlier participants' rows clustered with the current round's
         (Tolpegin et al. stack all participants from round 10 on; a window keeps
         the stack at a bounded size). 0 clusters each round on its own.
+    min_rows : int
+        Stacked rows (this round's and the window's) needed to cluster (>= 3);
+        below it the rule is inactive: plain mean, nothing flagged.
 
     Notes
     -----
@@ -190,9 +213,11 @@ class PCADetect:
     of 5 points never reached a separation of 2 and flagged nobody; stacked, the
     split was exactly the malicious set with separation 2.2-3.4, while the same
     federation without attackers stayed at 1.26-1.76. Hence the defaults
-    ``history_rounds=20``, ``min_separation=2.0``, and nothing is flagged until
-    ``min_rows`` rows are stacked.
+    ``history_rounds=20``, ``min_separation=2.0``, and the rule stays inactive
+    until ``min_rows`` rows are stacked.
     """
+
+    detects: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -215,15 +240,28 @@ class PCADetect:
         self._history: list[tuple[int, Tensor]] = []
 
     def check_clients(self, n: int) -> None:
-        """Any positive number of replies will do (below 3 nothing is flagged)."""
+        """Refuse ``n`` when ``n`` replies a round, over ``history_rounds + 1`` rounds, never stack ``min_rows``.
+
+        At that ``n`` every round would be the plain-mean warm-up. The check
+        assumes ``n`` replies in each stacked round: a round with fewer valid
+        replies after larger ones may have had enough rows stacked.
+        """
         if n < 1:
             raise RuleConfigError(f"pca_detect needs at least 1 reply, got n={n}")
+        most = n * (self.history_rounds + 1)
+        if most < self.min_rows:
+            raise RuleConfigError(
+                f"pca_detect with n={n} replies a round and history_rounds={self.history_rounds} stacks at most "
+                f"n * (history_rounds + 1) = {most} rows, below min_rows={self.min_rows}: it would never cluster "
+                f"and always return the plain mean; raise strategy.history_rounds, sample more clients per round, "
+                f"or lower strategy.min_rows (>= 3)"
+            )
 
     def __call__(self, updates: Tensor, context: RoundContext | None = None) -> Aggregate:
         ctx = context if context is not None else RoundContext()
         n = check_updates(updates)
         if ctx.server_round < self.start_round:
-            return _plain_mean(updates, {"separation": 0.0, "minority_size": 0.0})
+            return _inactive_mean(updates, {"separation": 0.0, "minority_size": 0.0})
         if ctx.layout is None:
             raise RuleConfigError("pca_detect needs the model layout in context.layout, got None")
         rows = source_rows(updates, ctx.layout, self.layer, self.source)  # validates layer and source
@@ -234,7 +272,7 @@ class PCADetect:
             self._history.append((ctx.server_round, rows.cpu()))
         stacked = n + (0 if history is None else history.shape[0])
         if stacked < self.min_rows:
-            return _plain_mean(updates, {"separation": 0.0, "minority_size": 0.0, "stacked_rows": float(stacked)})
+            return _inactive_mean(updates, {"separation": 0.0, "minority_size": 0.0, "stacked_rows": float(stacked)})
         return pca_detect(
             updates,
             layout=ctx.layout,
@@ -245,7 +283,8 @@ class PCADetect:
         )
 
 
-def _plain_mean(updates: Tensor, info: dict[str, float]) -> Aggregate:
+def _inactive_mean(updates: Tensor, info: dict[str, float]) -> Aggregate:
+    """The plain mean, nothing flagged, marked ``active=False`` (the defense did not run)."""
     n = updates.shape[0]
     coef = torch.full((n,), 1.0 / n, dtype=updates.dtype, device=updates.device)
     return Aggregate(
@@ -254,4 +293,5 @@ def _plain_mean(updates: Tensor, info: dict[str, float]) -> Aggregate:
         selected=everyone(n, updates.device),
         flagged=everyone(n, updates.device)[:0],
         info=info,
+        active=False,
     )

@@ -19,9 +19,17 @@ Each pre-aggregator returns ``(mixed, membership)``: ``mixed`` is
 decision back to the original rows: ``weights = membership.T @ rule.weights``
 (with the memberships of all stages multiplied), ``selected`` = rows with
 positive weight, ``flagged`` = rows *all* of whose output rows the rule
-flagged. The rule sees a context without ``client_ids`` and ``weights`` (mixed
+flagged (only a detector flags anything), ``active`` and ``detects`` = the
+rule's. The rule sees a context without ``client_ids`` and ``weights`` (mixed
 rows are no longer clients), so stateful per-client rules fall back to their
 per-round behaviour and ``weighted`` rules refuse to run.
+
+Degenerate mixing is refused by ``output_size`` (hence by
+``Composed.check_clients``), as a rule refuses the ``n`` at which it is the
+plain mean: NNM with ``f = 0`` replaces every row by the mean of all of them,
+and bucketing with ``s >= n`` puts every row into one bucket, so the rule after
+either would only ever see the plain mean. The functions themselves mix any
+rows they are given.
 
 When the rule decides from distances alone (Krum, Multi-Krum) and every
 pre-aggregator can build its membership from a Gram matrix (both here can),
@@ -50,7 +58,7 @@ from strategies.rules._common import (
     sq_dists_from_gram,
     weighted_sum,
 )
-from strategies.rules.base import Aggregate, RoundContext, RuleConfigError, check_updates
+from strategies.rules.base import Aggregate, RoundContext, Rule, RuleConfigError, check_updates
 
 
 def _mix(updates: Tensor, membership: Tensor) -> Tensor:
@@ -145,9 +153,14 @@ class Bucketing:
         self.s = int_param("bucketing", "s", s, minimum=1)
 
     def output_size(self, n: int) -> int:
-        """``ceil(n / s)`` buckets."""
+        """``ceil(n / s)`` buckets; refuses ``s >= n > 1`` (one bucket: the rule would see only the plain mean)."""
         if n < 1:
             raise RuleConfigError(f"bucketing needs at least 1 reply, got n={n}")
+        if n > 1 and self.s >= n:
+            raise RuleConfigError(
+                f"bucketing with s={self.s} >= n={n} puts every reply into one bucket: the rule after it "
+                f"sees only their plain mean; lower s below n (the paper uses s=2) or drop the pre-aggregator"
+            )
         return math.ceil(n / self.s)
 
     def __call__(self, updates: Tensor, context: RoundContext | None = None) -> tuple[Tensor, Tensor]:
@@ -173,9 +186,14 @@ class NearestNeighborMixing:
         self.f = int_param("nnm", "f", f, minimum=0)
 
     def output_size(self, n: int) -> int:
-        """Same number of rows; needs ``n > f``."""
+        """Same number of rows; needs ``n > f``, and ``f >= 1`` when ``n > 1`` (``f = 0`` mixes all into the mean)."""
         if n <= self.f:
             raise RuleConfigError(f"nnm needs n > f replies, got n={n} with f={self.f}")
+        if n > 1 and self.f == 0:
+            raise RuleConfigError(
+                f"nnm with f=0 replaces each of the n={n} replies by the mean of all n: the rule after it "
+                f"sees only their plain mean; set f >= 1 (the number of Byzantine clients assumed)"
+            )
         return n
 
     def __call__(self, updates: Tensor, context: RoundContext | None = None) -> tuple[Tensor, Tensor]:
@@ -188,18 +206,6 @@ class NearestNeighborMixing:
         return nnm_membership(sq_dists_from_gram(g), self.f)
 
 
-class Rule(Protocol):
-    """What :class:`Composed` needs from a rule."""
-
-    def check_clients(self, n: int) -> None:
-        """Raise :class:`RuleConfigError` if ``n`` rows cannot satisfy the rule."""
-        ...
-
-    def __call__(self, updates: Tensor, context: RoundContext | None) -> Aggregate:
-        """Aggregate."""
-        ...
-
-
 class Composed:
     """Pre-aggregators followed by a rule, with the decision mapped back to the original rows.
 
@@ -209,17 +215,30 @@ class Composed:
         The configured rule applied to the mixed rows.
     preaggregators : list
         Configured pre-aggregators applied in order.
+
+    Notes
+    -----
+    ``detects`` and each round's ``active`` are the inner rule's: mixing adds
+    no detection of its own, and a rule that did not run as itself still did
+    not after mixing.
     """
 
     def __init__(self, rule: Rule, preaggregators: list[PreAggregator] | tuple[PreAggregator, ...] = ()) -> None:
         if not callable(rule) or not hasattr(rule, "check_clients"):
             raise RuleConfigError(f"composed: rule must be a configured rule, got {rule!r}")
+        if not isinstance(getattr(rule, "detects", None), bool):
+            raise RuleConfigError(f"composed: rule {rule!r} must say whether it detects (a boolean `detects`)")
         for p in preaggregators:
             if not callable(p) or not hasattr(p, "output_size"):
                 raise RuleConfigError(f"composed: not a pre-aggregator: {p!r}")
         self.rule = rule
         self.preaggregators = list(preaggregators)
         self.needs_server_update = bool(getattr(rule, "needs_server_update", False))
+
+    @property
+    def detects(self) -> bool:
+        """Whether the inner rule is a detector (then ``flagged`` maps its flags to the original rows)."""
+        return self.rule.detects
 
     def check_clients(self, n: int) -> None:
         """Check every stage with the number of rows it will receive."""
@@ -282,4 +301,5 @@ class Composed:
             selected=rows[weights > 0],
             flagged=rows[flagged & (touches.sum(dim=0) > 0)],
             info=info,
+            active=inner.active,
         )

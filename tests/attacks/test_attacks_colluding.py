@@ -7,7 +7,11 @@ import math
 import pytest
 import torch
 
-from attacks.colluding import ALIE, IPM, FangKrum, FangTrimmedMean, MinMax, MinSum
+from attacks._colluding import pairwise_sq
+from attacks.colluding_search import MinMax, MinSum
+from attacks.colluding_stats import ALIE, IPM
+from attacks.fang import FangKrum, FangTrimmedMean, _krum_choice
+from strategies.rules.krum import krum
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -200,6 +204,28 @@ def test_fang_krum_falls_back_to_the_smallest_lambda_when_krum_resists() -> None
 def test_fang_krum_needs_enough_clients() -> None:
     with pytest.raises(ValueError, match=r"n > 2f \+ 2, got n=8 \(h=5 honest \+ c=3 malicious\), f=3"):
         FangKrum()(_honest(h=5), 3, generator=_gen())
+
+
+@pytest.mark.parametrize(("n", "f", "copies", "seed"), [(7, 2, 1, 0), (10, 3, 3, 1), (12, 1, 4, 2), (20, 6, 6, 3)])
+def test_fang_krum_choice_is_the_rule_s_krum(n: int, f: int, copies: int, seed: int) -> None:
+    # Identical rows first (like the malicious copies), then distinct ones. Picking any of the
+    # identical rows is the same choice (the rule's Gram-trick distances between them need not be 0).
+    rows = _honest(h=n, d=15, seed=seed, spread=2.0)
+    rows[:copies] = rows[0]
+    assert torch.equal(rows[_krum_choice(pairwise_sq(rows), f)], rows[int(krum(rows, f=f).selected[0])])
+
+
+@pytest.mark.parametrize(("spread", "tau", "expected"), [(3.0, 1e-5, True), (0.5, 1e-4, False), (1.5, 1e-5, None)])
+def test_fang_krum_success_means_the_rule_s_krum_picks_a_malicious_update(
+    spread: float, tau: float, expected: bool | None
+) -> None:
+    honest = _honest(h=12, d=40, seed=0, spread=spread)
+    c = 3
+    lam, success = FangKrum(tau=tau).search_lambda(honest, c)
+    if expected is not None:
+        assert success is expected
+    out = FangKrum(tau=tau)(honest, c, generator=_gen())
+    assert (int(krum(torch.cat([out, honest]), f=c).selected[0]) < c) is success
 
 
 # ------------------------------------------------------------------- common

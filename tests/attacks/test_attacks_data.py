@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attacks.data import DBA, BadNets, Blended, TargetedLabelFlip, UntargetedLabelFlip, backdoor_test_set
+from attacks.backdoor import DBA, BadNets, Blended, backdoor_test_set
+from attacks.label_flip import TargetedLabelFlip, UntargetedLabelFlip
 
 
 def _gen(seed: int = 0) -> torch.Generator:

@@ -50,6 +50,12 @@ def test_targeted_metrics_split_source_target_and_the_rest():
 def test_detection_scores_count_only_the_rounds_participants():
     # participants 1..6; malicious overall {2, 5, 9}; flagged {2, 3, 9 (not a participant)}
     s = detection_scores([1, 2, 3, 4, 5, 6], [2, 3, 9], {2, 5, 9})
-    assert s == {"tp": 1, "fp": 1, "tpr": 0.5, "fpr": 0.25, "precision": 0.5}
+    assert s == {"tp": 1, "fp": 1, "fn": 1, "tn": 3, "tpr": 0.5, "fpr": 0.25, "precision": 0.5}
     none = detection_scores([1, 3], [], {2})
-    assert none == {"tp": 0, "fp": 0, "tpr": None, "fpr": 0.0, "precision": None}
+    assert none == {"tp": 0, "fp": 0, "fn": 0, "tn": 2, "tpr": None, "fpr": 0.0, "precision": None}
+
+
+def test_rounds_that_are_not_scored_carry_no_detection_numbers():
+    # a non-detecting rule, an inactive defense or a skipped round: never a TPR of 0
+    s = detection_scores([1, 2, 3], [], {2}, scored=False)
+    assert s == dict.fromkeys(("tp", "fp", "fn", "tn", "tpr", "fpr", "precision"))

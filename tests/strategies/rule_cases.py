@@ -23,6 +23,7 @@ from strategies.rules.median import Median
 from strategies.rules.norm_bound import NormBound
 from strategies.rules.pca_detect import PCADetect
 from strategies.rules.preaggregators import Composed, NearestNeighborMixing
+from strategies.rules.signsgd import SignSGDMajority
 from strategies.rules.trimmed_mean import TrimmedMean
 
 N = 11  # enough for f = 2 everywhere (Bulyan needs 4f + 3 = 11)
@@ -36,6 +37,9 @@ class Case:
     name: str
     make: Callable[[], object]
     stateful: bool = False
+
+
+DETECTORS = {"fltrust", "flame", "foolsgold", "pca_detect"}  # the only rules that fill ``flagged``
 
 
 CASES = [
@@ -54,6 +58,7 @@ CASES = [
     Case("flame", lambda: Flame(noise_lambda=0.001)),
     Case("foolsgold", lambda: FoolsGold(), stateful=True),
     Case("pca_detect", lambda: PCADetect(source=1, start_round=1)),
+    Case("signsgd_majority", lambda: SignSGDMajority(lr=0.01)),
     Case("nnm_krum", lambda: Composed(Krum(f=F), [NearestNeighborMixing(f=F)])),
     Case("nnm_median", lambda: Composed(Median(), [NearestNeighborMixing(f=F)])),
 ]

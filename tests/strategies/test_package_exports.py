@@ -8,6 +8,7 @@ import sys
 import pytest
 
 import strategies
+from strategies.registry import PREAGGREGATORS, RULES
 
 PLAIN = [
     "krum",
@@ -23,25 +24,10 @@ PLAIN = [
     "foolsgold",
     "pca_detect",
     "mean",
+    "signsgd_majority",
 ]
-CLASSES = [
-    "Krum",
-    "MultiKrum",
-    "Median",
-    "TrimmedMean",
-    "Bulyan",
-    "GeoMed",
-    "CenteredClipping",
-    "NormBound",
-    "FLTrust",
-    "Flame",
-    "FoolsGold",
-    "PCADetect",
-    "Mean",
-    "Composed",
-    "Bucketing",
-    "NearestNeighborMixing",
-]
+# every registered rule and pre-aggregator class (the registry is the one list of them)
+CLASSES = sorted({cls.__name__ for cls in [*RULES.values(), *PREAGGREGATORS.values()]} | {"Composed"})
 
 stale_install = pytest.mark.skipif(
     getattr(strategies, "__file__", None) is None,
@@ -56,6 +42,7 @@ def test_plain_functions_and_classes_are_exported() -> None:
         assert callable(getattr(strategies, name)) and not isinstance(getattr(strategies, name), type)
     for name in CLASSES:
         assert isinstance(getattr(strategies, name), type)
+    assert set(CLASSES) <= set(strategies.__all__) and set(PLAIN) <= set(strategies.__all__)
 
 
 def test_config_targets_still_resolve_to_the_rule_modules() -> None:
@@ -75,3 +62,17 @@ def test_importing_strategies_does_not_import_flower() -> None:
     code = "import sys, strategies, strategies.rules; print('flwr' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_layout_lives_on_the_ground_floor_and_is_still_exported_by_the_rules() -> None:
+    from common.layout import Layout
+    from strategies.rules import base
+
+    assert base.Layout is Layout and strategies.Layout is Layout and strategies.rules.Layout is Layout
+    code = (
+        "import sys, common.layout\n"
+        "project = {'common', 'strategies', 'server', 'clients', 'attacks', 'scripts', 'conf'}\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in project and m not in ('common', 'common.layout')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"  # common.layout imports nothing of the project

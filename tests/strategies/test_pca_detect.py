@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from strategies.rules.base import Layout, RoundContext
@@ -15,6 +17,7 @@ LAYOUT = Layout(
 )
 D = 5 + CLASSES * FEATURES + CLASSES
 SOURCE = 2
+SEPARATION = 4.0  # the noise calibration of the module docstring: noise alone stays below 2.2
 
 
 def federation(n: int, flippers: list[int], seed: int = 0, shift: float = 3.0) -> torch.Tensor:
@@ -28,7 +31,7 @@ def federation(n: int, flippers: list[int], seed: int = 0, shift: float = 3.0) -
 def test_flags_the_label_flippers_and_averages_the_rest() -> None:
     flippers = [1, 4, 9]
     x = federation(12, flippers)
-    out = pca_detect(x, layout=LAYOUT, source=SOURCE)
+    out = pca_detect(x, layout=LAYOUT, source=SOURCE, min_separation=SEPARATION)
     assert out.flagged.tolist() == flippers
     keep = [i for i in range(12) if i not in flippers]
     torch.testing.assert_close(out.vector, x[keep].mean(dim=0))
@@ -39,28 +42,50 @@ def test_only_the_source_row_matters() -> None:
     x = federation(12, [])
     x[[1, 4, 9], 5 + (SOURCE + 1) * FEATURES : 5 + (SOURCE + 2) * FEATURES] += 30.0  # another class's row
     x[[1, 4, 9], :5] += 30.0  # and another layer
-    assert pca_detect(x, layout=LAYOUT, source=SOURCE).flagged.tolist() == []
+    assert pca_detect(x, layout=LAYOUT, source=SOURCE, min_separation=SEPARATION).flagged.tolist() == []
 
 
 def test_honest_rounds_flag_nothing() -> None:
     for seed in range(10):
-        out = pca_detect(federation(20, [], seed=seed), layout=LAYOUT, source=SOURCE)
+        out = pca_detect(federation(20, [], seed=seed), layout=LAYOUT, source=SOURCE, min_separation=SEPARATION)
         assert out.flagged.tolist() == [], out.info
 
 
-def test_before_start_round_everything_is_averaged() -> None:
+def test_before_start_round_everything_is_averaged_and_the_round_is_inactive() -> None:
     x = federation(12, [1, 4, 9])
     rule = PCADetect(source=SOURCE, start_round=10)
+    assert PCADetect.detects is True
     early = rule(x, RoundContext(server_round=9))  # no layout needed yet
-    assert early.flagged.tolist() == []
+    assert early.flagged.tolist() == [] and early.active is False
     torch.testing.assert_close(early.vector, x.mean(dim=0))
     late = rule(x, RoundContext(server_round=10, layout=LAYOUT))
-    assert late.flagged.tolist() == [1, 4, 9]
+    assert late.flagged.tolist() == [1, 4, 9] and late.active is True
 
 
-def test_equal_halves_and_tiny_rounds_flag_nothing() -> None:
-    assert pca_detect(federation(8, [0, 1, 2, 3]), layout=LAYOUT, source=SOURCE).flagged.tolist() == []
-    assert pca_detect(federation(2, [0]), layout=LAYOUT, source=SOURCE).flagged.tolist() == []
+def test_rounds_with_too_few_stacked_rows_are_inactive() -> None:
+    # 4 clients a round, min_rows 10: round 1 stacks 4, round 2 stacks 8, round 3 stacks 12 and clusters
+    rule = PCADetect(source=SOURCE, start_round=1, history_rounds=5, min_rows=10)
+    seen = []
+    for r in (1, 2, 3):
+        out = rule(federation(4, [1], seed=r), RoundContext(server_round=r, layout=LAYOUT))
+        seen.append((out.active, out.info["stacked_rows"]))
+        if not out.active:
+            assert out.flagged.tolist() == []
+            torch.testing.assert_close(out.vector, federation(4, [1], seed=r).mean(dim=0))
+    assert seen == [(False, 4.0), (False, 8.0), (True, 12.0)]
+
+
+def test_equal_halves_flag_nothing_and_tiny_rounds_are_inactive() -> None:
+    halves = pca_detect(federation(8, [0, 1, 2, 3]), layout=LAYOUT, source=SOURCE, min_separation=SEPARATION)
+    assert halves.flagged.tolist() == [] and halves.active  # it ran and found no minority
+    tiny = pca_detect(federation(2, [0]), layout=LAYOUT, source=SOURCE, min_separation=SEPARATION)
+    assert tiny.flagged.tolist() == [] and not tiny.active  # two rows cannot be clustered: the plain mean
+    torch.testing.assert_close(tiny.vector, federation(2, [0]).mean(dim=0))
+
+
+def test_the_function_has_no_default_threshold() -> None:
+    assert inspect.signature(pca_detect).parameters["min_separation"].default is inspect.Parameter.empty
+    assert inspect.signature(PCADetect).parameters["min_separation"].default == 2.0
 
 
 def test_two_means_by_hand() -> None:

@@ -71,7 +71,7 @@ def test_composed_maps_krum_back_to_the_bucket_it_chose() -> None:
     assert len(chosen) == 1
     assert result.selected.tolist() == sorted(members)
     assert result.weights[members].tolist() == [0.5, 0.5]
-    assert sorted(result.flagged.tolist()) == sorted(set(range(6)) - set(members))
+    assert result.flagged.tolist() == []  # Krum selects a bucket; it declares nobody malicious
     torch.testing.assert_close(result.vector, x[members].mean(dim=0))
 
 
@@ -85,19 +85,62 @@ def test_composed_nnm_then_mean_is_the_plain_mean_and_flags_nothing() -> None:
     assert result.info["mixed_rows"] == 7
 
 
+class FlagRows:
+    """A stand-in detector: flags the given output rows, averages the rest."""
+
+    detects = True
+
+    def __init__(self, rows: list[int], active: bool = True) -> None:
+        self.rows = rows
+        self.active = active
+
+    def check_clients(self, n: int) -> None:
+        pass
+
+    def __call__(self, updates: torch.Tensor, context: RoundContext | None = None) -> Aggregate:
+        n = updates.shape[0]
+        keep = torch.ones(n, dtype=torch.bool)
+        keep[self.rows] = False
+        weights = keep.to(updates.dtype) / int(keep.sum())
+        return Aggregate(
+            vector=weights @ updates,
+            weights=weights,
+            selected=torch.nonzero(keep).flatten(),
+            flagged=torch.tensor(self.rows, dtype=torch.long),
+            active=self.active,
+        )
+
+
 def test_composed_flags_a_row_only_if_all_its_outputs_are_flagged() -> None:
     x = torch.tensor([[0.0], [0.1], [0.2], [0.3], [100.0]], dtype=torch.float64)
-    result = Composed(Krum(f=1), [NearestNeighborMixing(f=1)])(x, RoundContext())
-    # NNM(f=1) mixes 4 nearest rows: the outlier only enters its own output row, which Krum drops
-    assert 4 in result.flagged.tolist()
-    assert float(result.weights[4]) < float(result.weights[:4].min())
+    # NNM(f=1) mixes each row's 4 nearest rows: outputs 0-3 mix inputs {0, 1, 2, 3}, output 4 mixes {1, 2, 3, 4}.
+    # A detector flagging output 4 flags input 4 (only in output 4), not inputs 1-3 (also in outputs 0-3).
+    result = Composed(FlagRows([4]), [NearestNeighborMixing(f=1)])(x, RoundContext())
+    assert result.flagged.tolist() == [4]
+    assert float(result.weights[4]) == 0.0 and result.selected.tolist() == [0, 1, 2, 3]
+    everything = Composed(FlagRows([0, 1, 2, 3]), [NearestNeighborMixing(f=1)])(x, RoundContext())
+    assert everything.flagged.tolist() == [0]  # rows 1-3 also feed output 4, which was kept
+    # a selection rule flags nothing, whatever it leaves out
+    krum = Composed(Krum(f=1), [NearestNeighborMixing(f=1)])(x, RoundContext())
+    assert krum.flagged.tolist() == [] and float(krum.weights[4]) < float(krum.weights[:4].min())
     assert Composed(Median(), [NearestNeighborMixing(f=1)])(x, RoundContext()).flagged.tolist() == []
+
+
+def test_composed_passes_detects_and_active_through() -> None:
+    x = rows(6)
+    assert Composed(FlagRows([0]), [NearestNeighborMixing(f=1)]).detects is True
+    assert Composed(Krum(f=1), [NearestNeighborMixing(f=1)]).detects is False
+    resting = Composed(FlagRows([], active=False), [NearestNeighborMixing(f=1)])(x, RoundContext())
+    assert resting.active is False
+    assert Composed(Krum(f=1), [NearestNeighborMixing(f=1)])(x, RoundContext()).active is True  # Gram-space path
 
 
 def test_composed_hides_client_identity_from_the_rule() -> None:
     seen: list[RoundContext] = []
 
     class Spy:
+        detects = False
+
         def check_clients(self, n: int) -> None:
             pass
 

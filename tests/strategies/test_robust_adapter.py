@@ -20,10 +20,13 @@ def task_identity():
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
 
 
-def tiny_state() -> dict[str, torch.Tensor]:
+def tiny_model() -> nn.Module:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+
+
+def tiny_state() -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in tiny_model().state_dict().items()}
 
 
 def shifted(state, by: float, tracked: int):
@@ -36,7 +39,7 @@ def make_strategy(rule, sizes=(100, 100, 100, 100, 100), on_failure="raise"):
     clients = list(range(len(sizes)))
     strategy = RobustStrategy(
         rule=rule,
-        codec=ModelCodec.of(state),
+        codec=ModelCodec.of_model(tiny_model()),
         node_of={c: 100 + c for c in clients},
         sample=lambda r: clients,
         partition_sizes=list(sizes),
@@ -78,11 +81,52 @@ def test_bad_replies_are_rejected_and_never_reach_the_global_model():
             assert torch.allclose(new[key], value + 2.0), key  # mean of +1 and +3 only
     assert new["1.num_batches_tracked"].dtype == torch.long
     assert int(new["1.num_batches_tracked"]) == 6  # median of 4 and 8
-    rec = strategy.last
+    rec = strategy.records[1]
     assert sorted(rec.rejected) == [2, 3, 4]
     assert "non-finite" in rec.rejected[2] and "shape" in rec.rejected[3] and "dtype" in rec.rejected[4]
-    assert rec.selected == [0, 1]
-    assert rec.as_metrics()["flagged"] == [2, 3, 4]
+    assert rec.selected == [0, 1] and rec.valid == [0, 1]
+    metrics = rec.as_metrics()
+    assert metrics["flagged"] == [] and metrics["excluded"] == []  # rejected is its own field
+    assert sorted(metrics["rejected"]) == ["2", "3", "4"]
+
+
+def test_invalid_buffers_are_rejected_like_a_nan():
+    strategy, state = make_strategy(Mean())
+    messages = list(strategy.configure_train(1, ArrayRecord(state), ConfigRecord(), grid=None))
+    negative_var = shifted(state, 1.0, 5)
+    negative_var["1.running_var"][0] = -1.25
+    inf_mean = shifted(state, 1.0, 5)
+    inf_mean["1.running_mean"][1] = math.inf
+    good = shifted(state, 1.0, 4)
+    replies = [reply(messages[0], good), reply(messages[1], negative_var), reply(messages[2], inf_mean)]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    rec = strategy.records[1]
+    assert "1.running_var: negative variance -1.25" in rec.rejected[1]
+    assert "1.running_mean" in rec.rejected[2] and "non-finite" in rec.rejected[2]
+    assert rec.selected == [0]
+    assert torch.equal(arrays.to_torch_state_dict()["1.running_var"], state["1.running_var"] + 1.0)
+
+
+def test_rules_see_trainable_parameters_only_and_buffers_take_the_median_of_the_kept_replies():
+    seen = {}
+
+    def boost_client_0(server_round, ids, deltas):
+        seen["d"] = deltas.shape[1]
+        out = deltas.clone()
+        out[0] *= 5  # a scaling attacker acts on the parameter rows only
+        return out
+
+    strategy, state = make_strategy(Mean())
+    strategy.update_hook = boost_client_0
+    messages = list(strategy.configure_train(1, ArrayRecord(state), ConfigRecord(), grid=None))
+    replies = [reply(m, shifted(state, float(i + 1), 1)) for i, m in enumerate(messages[:3])]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    new = arrays.to_torch_state_dict()
+    assert seen["d"] == 3 * 2 + 2 + 2 + 2  # Linear(3, 2) weight and bias, BatchNorm weight and bias
+    assert torch.allclose(new["0.bias"], state["0.bias"] + (5 + 2 + 3) / 3)
+    # running statistics: median of the replies (shifted by 1, 2, 3), untouched by the boost
+    assert torch.allclose(new["1.running_var"], state["1.running_var"] + 2.0)
+    assert strategy.records[1].selected == [0, 1, 2]
 
 
 def test_failed_and_missing_replies_are_recorded():
@@ -90,7 +134,7 @@ def test_failed_and_missing_replies_are_recorded():
     messages = list(strategy.configure_train(1, ArrayRecord(state), ConfigRecord(), grid=None))
     replies = [reply(messages[0], shifted(state, 1.0, 1)), reply(messages[1], error="client crashed")]
     arrays, _ = strategy.aggregate_train(1, replies)
-    assert strategy.last.failed == {
+    assert strategy.records[1].failed == {
         1: "client crashed",
         2: "no reply before the round timeout",
         3: "no reply before the round timeout",
@@ -106,7 +150,7 @@ def test_weights_come_from_the_servers_partition_sizes_not_from_client_reports()
     arrays, _ = strategy.aggregate_train(1, replies)
     expected = (300 * 0 + 100 * (1 + 2 + 3 + 4)) / 700
     assert torch.allclose(arrays.to_torch_state_dict()["0.bias"], state["0.bias"] + expected)
-    assert strategy.last.weights == pytest.approx({0: 3 / 7, 1: 1 / 7, 2: 1 / 7, 3: 1 / 7, 4: 1 / 7})
+    assert strategy.records[1].weights == pytest.approx({0: 3 / 7, 1: 1 / 7, 2: 1 / 7, 3: 1 / 7, 4: 1 / 7})
 
 
 def test_rounds_that_break_the_rule_raise_or_are_skipped_on_request():
@@ -120,7 +164,19 @@ def test_rounds_that_break_the_rule_raise_or_are_skipped_on_request():
         else:
             arrays, metrics = strategy.aggregate_train(3, replies)
             assert arrays is None and metrics is None
-            assert "3 valid replies" in strategy.last.skipped
+            assert "3 valid replies" in strategy.records[3].skipped
+            assert strategy.records[3].as_metrics()["defense_active"] is False
+
+
+def test_a_selection_rule_excludes_without_flagging():
+    strategy, state = make_strategy(Krum(f=1))
+    messages = list(strategy.configure_train(1, ArrayRecord(state), ConfigRecord(), grid=None))
+    replies = [reply(m, shifted(state, 100.0 if i == 4 else 0.01 * i, 1)) for i, m in enumerate(messages)]
+    strategy.aggregate_train(1, replies)
+    metrics = strategy.records[1].as_metrics()
+    assert len(metrics["selected"]) == 1 and 4 not in metrics["selected"]
+    assert sorted(metrics["selected"] + metrics["excluded"]) == [0, 1, 2, 3, 4]
+    assert metrics["flagged"] == [] and metrics["detects"] is False and metrics["defense_active"] is True
 
 
 def test_colluding_hook_sees_rows_sorted_by_client_id():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from rule_cases import CASES, Case, D, F, N, context_for, honest_updates
+from rule_cases import CASES, DETECTORS, Case, D, F, N, context_for, honest_updates
 
 from strategies.rules.base import Aggregate
 from strategies.rules.bulyan import bulyan
@@ -55,7 +55,7 @@ def test_krum_family_and_bulyan_select_only_honest_rows(seed: int) -> None:
         bulyan(x, f=3, selection="multikrum"),
     ):
         assert not set(result.selected.tolist()) & set(bad)
-        assert set(bad) <= set(result.flagged.tolist())
+        assert result.flagged.tolist() == []  # selection rules leave rows out; only detectors flag
         assert float(result.weights[bad].abs().sum()) == 0.0
 
 
@@ -107,6 +107,18 @@ def test_rule_classes_declare_whether_they_need_a_server_update() -> None:
         assert getattr(rule, "needs_server_update", False) == (case.name == "fltrust")
         rule.check_clients(N)  # the shared cases are all satisfiable at n = N
     assert F == 2
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_only_detectors_flag_and_every_round_here_is_active(case: Case) -> None:
+    rule = case.make()
+    assert rule.detects is (case.name in DETECTORS)
+    x = honest_updates(N, D, seed=7)
+    x[:3] = -5.0 * x[:3]  # three rows far away and pointing elsewhere: something to leave out or flag
+    result = rule(x, context_for(x))
+    assert result.active is True  # pca_detect starts at round 1 and N >= min_rows here
+    if not rule.detects:
+        assert result.flagged.tolist() == [], case.name
 
 
 def test_distances_stay_accurate_next_to_a_huge_outlier() -> None:

@@ -1,4 +1,4 @@
-"""Configuration errors fail in validation, before any data, Ray or Flower process starts."""
+"""``build_run``: configuration errors fail before any data, Ray or Flower process starts; objects built once."""
 
 import subprocess
 import sys
@@ -6,8 +6,13 @@ import sys
 import pytest
 from hydra import compose, initialize_config_module
 
-from common.config import ConfigError, validate
 from common.data import DataMissingError
+from scripts.build import build_run
+from scripts.config import ConfigError
+
+
+def validate(cfg) -> dict:
+    return build_run(cfg).cfg
 
 
 def composed(*overrides: str):
@@ -54,6 +59,11 @@ def test_default_config_validates(fmnist_root):
         (["strategy=bulyan"], "bulyan needs n >= 4f + 3 replies, got n=5 with f=1"),
         (["strategy=trimmed_mean", "strategy.beta=0.5"], "beta must be in [0, 0.5), got beta=0.5"),
         (["strategy=fltrust", "strategy.root_size=0"], "needs a clean root set: set strategy.root_size >= 1"),
+        (["strategy=trimmed_mean", "federation.clients_per_round=4"], "int(0.8) = 0 values from each side at n=4"),
+        (["strategy=pca_detect"], "strategy.source is null and the attack has no source class"),
+        (["strategy=pca_detect", "strategy.source=3", "attack=label_flip"], "strategy.source=3 but attack.source=6"),
+        (["evaluation.on_divergence=ignore"], "evaluation.on_divergence must be stop or continue"),
+        (["+evaluation.every=2"], "unknown key(s) ['every'] in evaluation"),
     ],
 )
 def test_bad_values_are_named_in_the_error(overrides, message):
@@ -76,9 +86,23 @@ def test_every_strategy_and_attack_option_composes_with_a_valid_federation():
 
     conf = Path(__file__).resolve().parents[2] / "conf"
     for option in sorted(p.stem for p in (conf / "strategy").glob("*.yaml")):
-        validate(composed(f"strategy={option}", "federation.clients_per_round=10"))
+        validate(composed(f"strategy={option}", "federation.clients_per_round=10", "attack=label_flip"))
     for option in sorted(p.stem for p in (conf / "attack").glob("*.yaml")):
         validate(composed(f"attack={option}", "federation.clients_per_round=10"))
+
+
+def test_the_pca_defense_watches_the_attacked_class_and_the_model_output_layer():
+    resolved = validate(composed("strategy=pca_detect", "attack=label_flip", "attack.source=4", "attack.target=6"))
+    assert resolved["strategy"]["source"] == 4
+    assert resolved["strategy"]["layer"] == "fc.weight"
+
+
+def test_the_run_objects_are_built_once_and_kept():
+    run = build_run(composed("attack=label_flip", "strategy=krum", "federation.clients_per_round=10"))
+    assert run.rule is run.rule and run.attack is run.attack and run.partitions is run.partitions
+    assert list(run.threat.malicious) == run.cfg["attack"]["malicious_clients"]
+    assert run.codec.layout.names[-1] == "fc.bias"
+    assert not any("running" in name for name in run.codec.layout.names)
 
 
 def test_missing_data_offline_names_the_expected_files(tmp_path, monkeypatch):

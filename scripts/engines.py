@@ -1,21 +1,33 @@
 """Where a federation runs: Flower's Ray simulation, or a real local deployment.
 
 Engines are chosen by the ``engine`` config group (Hydra ``_target_``). Each
-takes the validated, resolved run config and runs it to completion, leaving the
-outputs in ``cfg["output_dir"]``.
+takes the run built by :func:`scripts.build.build_run` and runs it to
+completion, leaving the outputs in ``run.cfg["output_dir"]``. An engine wires
+both Flower apps, so it sits in the runner, above ``server`` and ``clients``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import warnings
 from typing import Any
+
+import torch
+from flwr.simulation import run_simulation
+
+from scripts.apps import bound_server_app, client_app
+from scripts.build import Run
+from scripts.deploy import run_local_deployment
 
 log = logging.getLogger("poisonlab")
 
 
 class Simulation:
     """Flower's simulation engine on Ray: one virtual SuperNode per client.
+
+    The only engine that runs omniscient colluding attacks (``runs_colluding_attacks``):
+    the ServerApp runs in this process, where the attack sees every honest update.
 
     Parameters
     ----------
@@ -30,6 +42,8 @@ class Simulation:
         Cap on Ray's object store.
     """
 
+    runs_colluding_attacks = True
+
     def __init__(
         self,
         *,
@@ -43,8 +57,6 @@ class Simulation:
         if not 0 <= client_gpus <= 1:
             raise ValueError(f"engine.client_gpus must be in [0, 1], got {client_gpus}")
         if client_gpus > 0:
-            import torch
-
             if not torch.cuda.is_available():
                 raise ValueError(f"engine.client_gpus={client_gpus} but no CUDA device is visible; set 0")
         if num_cpus is not None and num_cpus < client_cpus:
@@ -68,20 +80,14 @@ class Simulation:
             },
         }
 
-    def run(self, cfg: dict[str, Any]) -> None:
+    def run(self, run: Run) -> None:
         """Run the federation in this process (ServerApp) and Ray actors (ClientApps)."""
-        import warnings
-
-        from flwr.simulation import run_simulation
-
-        from clients.app import app as client_app
-        from server.app import build_server_app
-
+        cfg = run.cfg
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # run_simulation's own deprecation notice
             warnings.filterwarnings("ignore", category=FutureWarning, module="ray")
             run_simulation(
-                server_app=build_server_app(cfg),
+                server_app=bound_server_app(run),
                 client_app=client_app,
                 num_supernodes=int(cfg["federation"]["num_clients"]),
                 backend_config=self.backend_config(),
@@ -92,7 +98,7 @@ class Simulation:
 
 
 class LocalDeployment:
-    """A real deployment on this machine (see :mod:`server.deploy`)."""
+    """A real deployment on this machine (see :mod:`scripts.deploy`)."""
 
     def __init__(self, *, host: str = "127.0.0.1", base_port: int = 19091, client_threads: int = 1,
                  timeout: float = 1800) -> None:  # fmt: skip
@@ -104,10 +110,10 @@ class LocalDeployment:
             raise ValueError(f"engine.host must be a loopback address for a local deployment, got {host!r}")
         self.host, self.base_port, self.client_threads, self.timeout = host, base_port, client_threads, timeout
 
-    def run(self, cfg: dict[str, Any]) -> None:
-        """Start a SuperLink and one SuperNode per client, submit the run, wait, shut down."""
-        from server.deploy import run_local_deployment
+    runs_colluding_attacks = False
 
+    def run(self, run: Run) -> None:
+        """Start a SuperLink and one SuperNode per client, submit the run, wait, shut down."""
         run_local_deployment(
-            cfg, host=self.host, base_port=self.base_port, client_threads=self.client_threads, timeout=self.timeout
+            run.cfg, host=self.host, base_port=self.base_port, client_threads=self.client_threads, timeout=self.timeout
         )

@@ -25,6 +25,7 @@ from typing import Any
 
 from common.data import PROJECT_ROOT
 from common.runtime import CONFIG_KEY
+from server.results import progress_line
 
 CONNECTION = "poisonlab-local"
 
@@ -118,12 +119,7 @@ def _follow(metrics: Path, seen: int) -> int:
         return seen
     rows = metrics.read_text().splitlines()
     for row in rows[seen:]:
-        line = json.loads(row)
-        print(
-            f"[poisonlab] round {line['round']:>4}  acc {line['accuracy']:.4f}  "
-            f"loss {line['loss']:.4f}  {line['seconds']:6.2f}s",
-            flush=True,
-        )
+        print(progress_line(json.loads(row)), flush=True)
     return len(rows)
 
 

@@ -1,0 +1,57 @@
+"""Flower's app objects: the ServerApp and the ClientApp that Flower loads and runs.
+
+They wire the layers together, so they live with the runner: each builds the
+run's objects from the resolved config it receives (:func:`scripts.build.run_from_json`,
+once per process) and hands them to the ServerApp's work
+(:func:`server.app.run_federation`) or the ClientApp's (:func:`clients.app.train`).
+Deployments load ``scripts.apps:server_app`` and ``scripts.apps:client_app``
+(``[tool.flwr.app.components]`` in ``pyproject.toml``); the simulation engine
+binds a ServerApp to the :class:`~scripts.build.Run` it already built
+(:func:`bound_server_app`).
+"""
+
+from __future__ import annotations
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from clients.app import enrol, train
+from common.runtime import CONFIG_KEY
+from scripts.build import Run, run_from_json
+from server.app import run_federation
+
+server_app = ServerApp()
+client_app = ClientApp()
+
+
+@server_app.main()
+def _serve(grid: Grid, context: Context) -> None:
+    """Deployment entry point: the resolved config comes as Flower run config."""
+    if CONFIG_KEY not in context.run_config:
+        raise RuntimeError(
+            f"run config has no {CONFIG_KEY!r}: submit runs with `poisonlab engine=deployment` "
+            "(or flwr run --run-config with the resolved poisonlab config)"
+        )
+    run_federation(grid, run_from_json(str(context.run_config[CONFIG_KEY])))
+
+
+@client_app.query()
+def _enrol(msg: Message, context: Context) -> Message:
+    return enrol(msg, context)
+
+
+@client_app.train()
+def _train(msg: Message, context: Context) -> Message:
+    return train(msg, context, run_from_json(str(msg.content["config"][CONFIG_KEY])))
+
+
+def bound_server_app(run: Run) -> ServerApp:
+    """A ServerApp bound to an already built ``run`` (the simulation engine, in-process)."""
+    bound = ServerApp()
+
+    @bound.main()
+    def _main(grid: Grid, context: Context) -> None:
+        run_federation(grid, run)
+
+    return bound

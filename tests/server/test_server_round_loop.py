@@ -1,0 +1,447 @@
+"""The ServerApp round loop (``server.app.run_federation``) on a fake Flower ``Grid``, in one process.
+
+``FakeGrid`` implements Flower's abstract ``flwr.serverapp.Grid`` (what
+``run_federation`` and ``Strategy.start`` use: node ids, push / pull,
+``send_and_receive``) with one real ``flwr.app.Context`` per SuperNode whose
+``state`` persists across rounds. It answers every message with the ClientApp's
+own handlers (``scripts.apps._enrol`` for QUERY, ``scripts.apps._train`` for
+TRAIN: exactly what Flower calls), on a copy of the message as a transport
+would deliver it, and replies the way Flower does (``Message(..., reply_to=)``,
+a message id stamped by the "SuperLink"). A plan per (round, client id) can
+turn a reply into an ``Error`` (a crashed client), drop it (no reply before the
+round timeout) or tamper with its arrays (a malformed update).
+
+No Ray, no subprocess: real Fashion-MNIST, a tiny federation, seconds.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import uuid
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, Context, Error, Message, MessageType, RecordDict
+from flwr.common.constant import ErrorCode
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run as FlowerRun
+from flwr.supercore.task_identity import TaskIdentity
+from hydra import compose, initialize_config_module
+
+import scripts.apps
+from clients.app import PARTICIPATION
+from common.training import confusion_matrix
+from scripts.build import Run, build_run
+from server.app import enrol_clients, run_federation
+
+#: a plan entry: drop the message, reply with an Error (its reason), or tamper with the reply's state dict
+SILENT = "silent"
+Tamper = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+Action = str | Error | Tamper
+
+SMALL = [
+    "model=mlp",
+    "federation.num_clients=4",
+    "federation.clients_per_round=4",
+    "federation.num_rounds=2",
+    "partition.samples_per_client=64",
+    "client.batch_size=32",
+    "device=cpu",
+    "output.plots=false",
+]
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One torch thread, as every simulated client runs (several threads on 2 shared cores are ~10x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def serverapp_identity(monkeypatch):
+    """The identity Flower gives a running ServerApp (messages built outside one need it); restored after."""
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+
+
+class FakeGrid(Grid):
+    """A Flower ``Grid`` whose SuperNodes run the real ClientApp handlers in this process.
+
+    Parameters
+    ----------
+    num_nodes : int
+        SuperNodes; node ``i`` serves ``partition_ids[i]`` (default ``i``).
+    plan : dict, optional
+        ``(server_round, client_id) -> action`` for TRAIN messages; ``None`` in
+        either place is a wildcard. An action is :data:`SILENT` (no reply), an
+        ``Error`` (an error reply) or a function that rewrites the reply's
+        state dict.
+    partition_ids, num_partitions : optional
+        The node config each SuperNode was started with (to break enrolment).
+    """
+
+    def __init__(
+        self,
+        num_nodes: int,
+        *,
+        plan: dict[tuple[int | None, int | None], Action] | None = None,
+        partition_ids: list[int] | None = None,
+        num_partitions: int | None = None,
+    ) -> None:
+        ids = list(range(num_nodes)) if partition_ids is None else list(partition_ids)
+        total = num_nodes if num_partitions is None else num_partitions
+        # node ids unrelated to client ids, listed in an order unrelated to them
+        self.contexts: dict[int, Context] = {}
+        for i in reversed(range(num_nodes)):
+            node_id = 7_000_000_000 + 1_000_003 * i
+            config = {"partition-id": ids[i], "num-partitions": total}
+            self.contexts[node_id] = Context(
+                run_id=1, node_id=node_id, node_config=config, state=RecordDict(), run_config={}
+            )
+        self.plan = dict(plan or {})
+        self._run = FlowerRun.create_empty(run_id=1)
+        self._replies: dict[str, Message] = {}
+        self.sent: list[Message] = []
+        self.timeouts: list[float | None] = []
+
+    # --- the Grid interface -------------------------------------------------------------------------
+
+    def set_run(self, run: FlowerRun) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> FlowerRun:
+        return self._run
+
+    def create_message(
+        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
+    ) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = str(uuid.uuid4())  # as Flower's InMemoryGrid does
+            meta = msg.metadata
+            assert meta.reply_to_message_id == "" and meta.ttl > 0, f"invalid message {meta}"
+            assert meta.dst_node_id in self.contexts, f"message to unknown node {meta.dst_node_id}"
+            self.sent.append(msg)
+            reply = self._deliver(msg)
+            if reply is not None:
+                self._replies[meta.message_id] = reply
+            ids.append(meta.message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self._replies.pop(i) for i in message_ids if i in self._replies]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        self.timeouts.append(timeout)
+        return self.pull_messages(self.push_messages(messages))
+
+    # --- the SuperNodes -----------------------------------------------------------------------------
+
+    def client_of(self, node_id: int) -> int:
+        return int(self.contexts[node_id].node_config["partition-id"])
+
+    def _action(self, server_round: int, cid: int) -> Action | None:
+        for key in ((server_round, cid), (None, cid), (server_round, None), (None, None)):
+            if key in self.plan:
+                return self.plan[key]
+        return None
+
+    def _deliver(self, msg: Message) -> Message | None:
+        node_id = msg.metadata.dst_node_id
+        context = self.contexts[node_id]
+        delivered = copy.deepcopy(msg)  # the node works on its own copy, as after a transport
+        kind = msg.metadata.message_type
+        action = None
+        if kind == MessageType.TRAIN:
+            action = self._action(int(msg.content["config"]["server-round"]), self.client_of(node_id))
+        if isinstance(action, str) and action == SILENT:
+            return None
+        if isinstance(action, Error):
+            reply = Message(action, reply_to=delivered)
+        else:
+            try:
+                if kind == MessageType.QUERY:
+                    reply = scripts.apps._enrol(delivered, context)
+                elif kind == MessageType.TRAIN:
+                    reply = scripts.apps._train(delivered, context)
+                else:
+                    raise ValueError(f"no handler for message type {kind!r}")
+            except Exception as err:  # what Flower's ClientApp runner sends back for a raising handler
+                reply = Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"{type(err).__name__}: {err}"),
+                                reply_to=delivered)  # fmt: skip
+            if callable(action) and not reply.has_error():
+                state = action(reply.content["arrays"].to_torch_state_dict())
+                content = RecordDict({"arrays": ArrayRecord(state), "metrics": reply.content["metrics"]})
+                reply = Message(content, reply_to=delivered)
+        assert reply.metadata.src_node_id == node_id and reply.metadata.reply_to_message_id == msg.metadata.message_id
+        reply.metadata.__dict__["_message_id"] = str(uuid.uuid4())  # set by the SuperLink on arrival
+        return reply
+
+
+# --- helpers --------------------------------------------------------------------------------------------
+
+
+def make_run(out_dir: Path, *overrides: str) -> Run:
+    """A real, validated run built the way the runner builds it, writing into ``out_dir``."""
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        cfg = compose("config", overrides=[*SMALL, *overrides])
+    run = build_run(cfg)
+    run.cfg["output_dir"] = str(out_dir)
+    return run
+
+
+def federate(out_dir: Path, *overrides: str, plan=None) -> tuple[list[dict[str, Any]], dict[str, Any], FakeGrid]:
+    run = make_run(out_dir, *overrides)
+    grid = FakeGrid(run.federation.num_clients, plan=plan)
+    run_federation(grid, run)
+    return lines_of(out_dir), summary_of(out_dir), grid
+
+
+def lines_of(out_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(row) for row in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def summary_of(out_dir: Path) -> dict[str, Any]:
+    return json.loads((out_dir / "summary.json").read_text())
+
+
+def final_model(out_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(out_dir / "final_model.pt", weights_only=True)
+
+
+def with_nan(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    state = {k: v.clone() for k, v in state.items()}
+    first = next(iter(state))
+    state[first].view(-1)[3] = math.nan
+    return state
+
+
+def scaled(by: float) -> Tamper:
+    def tamper(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v * by if torch.is_floating_point(v) else v for k, v in state.items()}
+
+    return tamper
+
+
+# --- tests ----------------------------------------------------------------------------------------------
+
+
+def test_enrolment_maps_node_ids_to_the_client_ids_of_their_node_config():
+    grid = FakeGrid(4)
+    node_of = enrol_clients(grid, 4, timeout=5)
+    assert node_of == {grid.client_of(node): node for node in grid.get_node_ids()}
+    assert sorted(node_of) == [0, 1, 2, 3] and set(node_of.values()) == set(grid.contexts)
+    assert all(node != cid for cid, node in node_of.items())
+    assert [m.metadata.message_type for m in grid.sent] == [MessageType.QUERY] * 4
+    assert grid.timeouts == [5]
+
+
+@pytest.mark.parametrize(
+    ("grid_args", "message"),
+    [
+        ({"partition_ids": [0, 1, 1, 3]}, "partition-id=1 is claimed by two SuperNodes"),
+        ({"partition_ids": [0, 1, 2, 4]}, "has partition-id=4, num-partitions=4, but the run has "
+                                          "federation.num_clients=4"),
+        ({"num_partitions": 5}, "num-partitions=5, but the run has federation.num_clients=4"),
+    ],
+)  # fmt: skip
+def test_enrolment_refuses_a_duplicated_or_out_of_range_partition_id(grid_args, message):
+    with pytest.raises(RuntimeError, match=message):
+        enrol_clients(FakeGrid(4, **grid_args), 4, timeout=5)
+
+
+def test_enrolment_fails_when_supernodes_are_missing():
+    with pytest.raises(RuntimeError, match=r"only 3 of federation.num_clients=4 SuperNodes connected"):
+        enrol_clients(FakeGrid(3), 4, timeout=0.01)
+
+
+def test_a_clean_run_writes_every_round_and_its_outputs(tmp_path, fmnist_root):
+    run = make_run(tmp_path)
+    grid = FakeGrid(4)
+    run_federation(grid, run)
+    lines = lines_of(tmp_path)
+    assert [line["round"] for line in lines] == [0, 1, 2]
+    for line in lines:
+        assert line["diverged"] is False and 0.0 <= line["accuracy"] <= 1.0 and math.isfinite(line["loss"])
+    for line in lines[1:]:
+        assert sorted(line["sampled"]) == [0, 1, 2, 3]
+        assert line["selected"] == [0, 1, 2, 3] and line["excluded"] == [] and line["flagged"] == []
+        assert line["rejected"] == {} and line["failed"] == {} and line["skipped"] is None
+        assert line["defense_active"] is True and line["detects"] is False
+        assert line["tp"] is None and line["tpr"] is None  # FedAvg detects nothing: never scored
+        assert line["malicious_in_round"] == 0
+    assert lines[1]["loss"] != lines[0]["loss"] != lines[2]["loss"]
+
+    summary = summary_of(tmp_path)
+    assert summary["status"] == "complete" and summary["reason"] is None
+    assert summary["rounds_completed"] == 2 and summary["num_rounds"] == 2
+    assert summary["final_accuracy"] == lines[2]["accuracy"] and summary["first_diverged_round"] is None
+    assert json.loads((tmp_path / "partition.json").read_text())["sizes"] == [64, 64, 64, 64]
+    assert json.loads((tmp_path / "config.json").read_text())["federation"]["num_rounds"] == 2
+
+    # final_model.pt is the round-2 global model: re-evaluated, it scores exactly what round 2 recorded
+    model = run.new_model()
+    model.load_state_dict(final_model(tmp_path))
+    cm, loss = confusion_matrix(model, run.dataset.test_x, run.dataset.test_y, spec=run.spec)
+    assert float(cm.diagonal().sum()) / float(cm.sum()) == pytest.approx(lines[2]["accuracy"])
+    assert loss == pytest.approx(lines[2]["loss"], rel=1e-5)
+
+    # the wire: one enrolment query, then per round one TRAIN message to each sampled client's own node
+    assert grid.timeouts[0] == run.federation.connect_timeout  # enrolment
+    assert set(grid.timeouts[1:]) == {run.federation.round_timeout}  # every round's train (and empty evaluate)
+    train = [m for m in grid.sent if m.metadata.message_type == MessageType.TRAIN]
+    assert len(train) == 8
+    for r, line in ((1, lines[1]), (2, lines[2])):
+        sent = [m for m in train if m.content["config"]["server-round"] == r]
+        assert sorted(grid.client_of(m.metadata.dst_node_id) for m in sent) == sorted(line["sampled"])
+    # each SuperNode's state persisted across rounds (its momentum and participation count)
+    assert [int(c.state[PARTICIPATION]["count"]) for c in grid.contexts.values()] == [2, 2, 2, 2]
+
+
+def test_a_reply_with_nan_is_rejected_and_never_aggregated(tmp_path, fmnist_root):
+    lines, summary, _ = federate(tmp_path / "nan", plan={(None, 2): with_nan})
+    for line in lines[1:]:
+        assert list(line["rejected"]) == ["2"] and "non-finite" in line["rejected"]["2"]
+        assert line["selected"] == [0, 1, 3] and line["failed"] == {}
+        assert line["diverged"] is False
+    assert summary["status"] == "complete"
+    rejected = final_model(tmp_path / "nan")
+    assert all(bool(torch.isfinite(v).all()) for v in rejected.values())
+
+    # the same federation in which client 2 fails outright: the global models are identical
+    _, _, _ = federate(tmp_path / "failed", plan={(None, 2): Error(ErrorCode.CLIENT_APP_CRASHED, "gone")})
+    failed = final_model(tmp_path / "failed")
+    assert rejected.keys() == failed.keys()
+    for key in rejected:
+        assert torch.equal(rejected[key], failed[key]), key
+
+
+def test_a_negative_running_variance_is_rejected(tmp_path, fmnist_root):
+    def negative_var(state):
+        state = {k: v.clone() for k, v in state.items()}
+        state["layer1.1.running_var"][0] = -0.5
+        return state
+
+    lines, summary, _ = federate(tmp_path, "model=fmnist_cnn", "federation.num_rounds=1", plan={(1, 1): negative_var})
+    line = lines[1]
+    assert list(line["rejected"]) == ["1"]
+    assert "running_var" in line["rejected"]["1"] and "negative variance" in line["rejected"]["1"]
+    assert line["selected"] == [0, 2, 3]
+    assert summary["status"] == "complete"
+    state = final_model(tmp_path)
+    assert all(bool((state[k] >= 0).all()) for k in state if k.endswith("running_var"))
+
+
+def test_failed_and_silent_clients_are_recorded_and_the_round_goes_on(tmp_path, fmnist_root):
+    plan = {(1, 0): Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, "CUDA out of memory"), (1, 3): SILENT}
+    lines, summary, _ = federate(tmp_path, plan=plan)
+    assert lines[1]["failed"] == {"0": "CUDA out of memory", "3": "no reply before the round timeout"}
+    assert lines[1]["selected"] == [1, 2] and lines[1]["rejected"] == {} and lines[1]["skipped"] is None
+    assert lines[1]["defense_active"] is True and lines[1]["accuracy"] is not None
+    assert lines[2]["failed"] == {} and lines[2]["selected"] == [0, 1, 2, 3]
+    assert summary["status"] == "complete" and summary["rounds_completed"] == 2
+
+
+KRUM = [
+    "strategy=krum",
+    "strategy.f=1",
+    "federation.num_clients=5",
+    "federation.clients_per_round=5",
+    "partition.samples_per_client=48",
+]
+CRASH = Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, "crashed")
+
+
+def test_a_round_the_rule_cannot_run_is_skipped_and_keeps_the_global_model(tmp_path, fmnist_root):
+    lines, summary, _ = federate(tmp_path, *KRUM, "strategy.on_failure=skip", plan={(1, 4): CRASH})
+    skipped = lines[1]
+    assert skipped["skipped"] is not None and "4 valid replies" in skipped["skipped"]
+    assert "krum" in skipped["skipped"]
+    assert skipped["failed"] == {"4": "crashed"} and skipped["selected"] == []
+    assert skipped["defense_active"] is False
+    assert (skipped["accuracy"], skipped["loss"]) == (lines[0]["accuracy"], lines[0]["loss"])  # model unchanged
+    after = lines[2]
+    assert after["skipped"] is None and after["defense_active"] is True and len(after["selected"]) == 1
+    assert after["loss"] != lines[0]["loss"]
+    assert summary["status"] == "complete" and summary["rounds_completed"] == 2
+
+
+def test_a_round_the_rule_cannot_run_fails_the_run_when_asked_to_raise(tmp_path, fmnist_root):
+    run = make_run(tmp_path, *KRUM, "strategy.on_failure=raise")
+    with pytest.raises(RuntimeError, match=r"round 1: the aggregation rule cannot run with 4 valid replies"):
+        run_federation(FakeGrid(5, plan={(1, 4): CRASH}), run)
+    summary = summary_of(tmp_path)
+    assert summary["status"] == "failed"
+    assert summary["reason"].startswith("RuntimeError: round 1:") and "4 valid replies" in summary["reason"]
+    assert summary["rounds_completed"] == 0
+    assert [line["round"] for line in lines_of(tmp_path)] == [0]
+    initial = run.new_model(seed=run.seed).state_dict()
+    saved = final_model(tmp_path)
+    assert all(torch.equal(saved[k], initial[k]) for k in initial)  # the initial model, never a partial one
+
+
+def test_a_diverged_model_stops_the_run_by_default(tmp_path, fmnist_root):
+    # every reply is the trained model times 1e30: each row and their mean are finite, the logits are not
+    lines, summary, _ = federate(tmp_path, plan={(1, None): scaled(1e30)})
+    assert [line["round"] for line in lines] == [0, 1]
+    line = lines[1]
+    assert line["diverged"] is True
+    assert line["accuracy"] is None and line["loss"] is None and line["per_class_recall"] is None
+    assert line["rejected"] == {} and line["selected"] == [0, 1, 2, 3]  # valid replies; the model diverged
+    assert summary["status"] == "diverged" and "round 1" in summary["reason"]
+    assert summary["first_diverged_round"] == 1 and summary["diverged_rounds"] == [1]
+    assert summary["rounds_completed"] == 1
+    assert all(bool(torch.isfinite(v).all()) for v in final_model(tmp_path).values())
+
+
+def test_a_diverged_model_with_continue_runs_every_round(tmp_path, fmnist_root):
+    # After round 1 the global model gives non-finite logits, so every client trains to NaN in round 2: all
+    # four replies are rejected and the round is skipped (on_failure=skip; with raise the run would stop there).
+    lines, summary, _ = federate(
+        tmp_path, "evaluation.on_divergence=continue", "strategy.on_failure=skip", plan={(1, None): scaled(1e30)}
+    )
+    assert [line["round"] for line in lines] == [0, 1, 2]
+    assert [line["diverged"] for line in lines] == [False, True, True]
+    assert lines[2]["accuracy"] is None
+    assert sorted(lines[2]["rejected"]) == ["0", "1", "2", "3"]
+    assert all("non-finite" in reason for reason in lines[2]["rejected"].values())
+    assert "0 valid replies" in lines[2]["skipped"]
+    assert summary["status"] == "complete" and summary["rounds_completed"] == 2
+    assert summary["first_diverged_round"] == 1 and summary["diverged_rounds"] == [1, 2]
+    assert "final_accuracy" not in summary  # no round was scored
+
+
+PCA = ["strategy=pca_detect", "strategy.source=6", "attack=none"]
+
+
+def test_a_detecting_rule_is_scored_only_in_rounds_it_was_active(tmp_path, fmnist_root):
+    lines, _, _ = federate(tmp_path / "warmup", *PCA)  # start_round 10 > num_rounds: never active
+    for line in lines[1:]:
+        assert line["detects"] is True and line["defense_active"] is False
+        assert line["flagged"] == [] and line["selected"] == [0, 1, 2, 3]
+        for key in ("tp", "fp", "fn", "tn", "tpr", "fpr", "precision"):
+            assert line[key] is None, key
+
+    # the same rule active from round 1 on is scored: no malicious client, so every flag is a false positive
+    lines, _, _ = federate(tmp_path / "active", *PCA, "strategy.start_round=1", "strategy.min_rows=4")
+    for line in lines[1:]:
+        assert line["detects"] is True and line["defense_active"] is True
+        flagged = len(line["flagged"])
+        assert (line["tp"], line["fn"], line["fp"], line["tn"]) == (0, 0, flagged, 4 - flagged)
+        assert line["tpr"] is None and line["fpr"] == flagged / 4
