@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -45,6 +45,7 @@ from scripts.config import (
     instantiate_component,
     typed_section,
 )
+from strategies.registry import RULES
 from strategies.rules.base import RuleConfigError
 from strategies.rules.preaggregators import Composed
 
@@ -170,6 +171,7 @@ def run_from_json(text: str) -> Run:
 def build_rule(section: dict[str, Any]) -> Any:
     """The rule of a ``strategy`` section, behind its pre-aggregators when it has any."""
     adapter, rule_section = AdapterSettings.split(section)
+    _check_registered(rule_section, RULES, "strategy", "strategies/registry.py")
     rule = instantiate_component(rule_section, "strategy")
     if not adapter.preaggregators:
         return rule
@@ -183,7 +185,22 @@ def build_attack(section: dict[str, Any]) -> Any | None:
     """The attack of an ``attack`` section (``None`` for ``attack=none``)."""
     if "_target_" not in section:
         return None
+    _check_registered(section, ATTACKS, "attack", "attacks/registry.py")
     return instantiate_component({k: v for k, v in section.items() if k not in THREAT_KEYS}, "attack")
+
+
+def _check_registered(section: dict[str, Any], registry: dict[str, type], group: str, where: str) -> None:
+    """A component's ``_target_`` must be one of its registry's classes (one catalogue of names)."""
+    target = section.get("_target_")
+    try:
+        cls = get_object(target)
+    except Exception as err:
+        raise ConfigError(f"{group}._target_={target!r} cannot be imported: {err}") from None
+    if cls not in registry.values():
+        raise ConfigError(
+            f"{group}._target_={target!r} is not a registered {group}; register it in {where} "
+            f"(known: {sorted(registry)})"
+        )
 
 
 def build_threat(section: dict[str, Any], num_clients: int, seed: int) -> ThreatModel:

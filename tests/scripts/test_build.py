@@ -62,6 +62,8 @@ def test_default_config_validates(fmnist_root):
         (["strategy=trimmed_mean", "federation.clients_per_round=4"], "int(0.8) = 0 values from each side at n=4"),
         (["strategy=pca_detect"], "strategy.source is null and the attack has no source class"),
         (["strategy=pca_detect", "strategy.source=3", "attack=label_flip"], "strategy.source=3 but attack.source=6"),
+        (["strategy._target_=strategies.rules.base.Aggregate"], "is not a registered strategy"),
+        (["attack=label_flip", "attack._target_=attacks.threat.ThreatModel"], "is not a registered attack"),
         (["evaluation.on_divergence=ignore"], "evaluation.on_divergence must be stop or continue"),
         (["+evaluation.every=2"], "unknown key(s) ['every'] in evaluation"),
     ],
