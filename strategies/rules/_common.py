@@ -59,12 +59,6 @@ def float_param(
     return v
 
 
-def need_clients(rule: str, n: int, minimum: int, why: str) -> None:
-    """Raise :class:`RuleConfigError` when ``n < minimum``."""
-    if n < minimum:
-        raise RuleConfigError(f"{rule} needs at least {minimum} replies ({why}), got n={n}")
-
-
 # --------------------------------------------------------------------------- dtypes, chunks
 
 

@@ -157,7 +157,7 @@ class Rule(Protocol):
         ...
 
 
-def as_index(mask_or_indices: Tensor | list[int], n: int | None = None) -> Tensor:
+def as_index(mask_or_indices: Tensor | list[int]) -> Tensor:
     """Turn a boolean mask or a list of indices into a sorted long index tensor."""
     t = torch.as_tensor(mask_or_indices)
     if t.dtype == torch.bool:
