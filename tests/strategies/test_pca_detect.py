@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import torch
+import yaml
 
 from strategies.rules.base import Layout, RoundContext
 from strategies.rules.pca_detect import PCADetect, pca_detect, two_means
@@ -85,7 +87,9 @@ def test_equal_halves_flag_nothing_and_tiny_rounds_are_inactive() -> None:
 
 def test_the_function_has_no_default_threshold() -> None:
     assert inspect.signature(pca_detect).parameters["min_separation"].default is inspect.Parameter.empty
-    assert inspect.signature(PCADetect).parameters["min_separation"].default == 2.0
+    conf = yaml.safe_load((Path(__file__).resolve().parents[2] / "conf" / "strategy" / "pca_detect.yaml").read_text())
+    # the class default and the config's are the calibrated one (not two values drifting apart)
+    assert inspect.signature(PCADetect).parameters["min_separation"].default == conf["min_separation"]
 
 
 def test_two_means_by_hand() -> None:
