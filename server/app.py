@@ -182,11 +182,16 @@ def write_partition_summary(out_dir: Path, run: Any) -> None:
     )
 
 
+def is_targeted(attack: Any) -> bool:
+    """An attack with a source and a target class (label flipping): scored by source / target / other recall."""
+    return attack is not None and hasattr(attack, "source") and hasattr(attack, "target")
+
+
 def diverged_line(server_round: int, attack: Any, backdoor: bool) -> dict[str, Any]:
     """A round whose global model is not finite: every score null, never computed from NaN logits."""
     line: dict[str, Any] = {"round": server_round, "diverged": True, "accuracy": None, "loss": None,
                             "per_class_recall": None, "per_class_precision": None, "confusion": None}  # fmt: skip
-    if attack is not None and hasattr(attack, "source") and hasattr(attack, "target"):
+    if is_targeted(attack):
         line.update(source_recall=None, target_recall=None, other_recall=None)
     if backdoor:
         line["asr"] = None
@@ -262,7 +267,7 @@ def _run_rounds(grid: Grid, run: Any, out_dir: Path, recorder: RunRecorder) -> s
         cm, loss = confusion_matrix(model, test_x, test_y, **eval_kwargs)
         if math.isfinite(loss):
             line = {"round": server_round, "diverged": False, **metrics_from_confusion(cm), "loss": loss}
-            if attack is not None and hasattr(attack, "source") and hasattr(attack, "target"):
+            if is_targeted(attack):
                 line.update(targeted_metrics(line["per_class_recall"], attack.source, attack.target))
             if triggered is not None:
                 tcm, _ = confusion_matrix(model, *triggered, **eval_kwargs)

@@ -218,13 +218,14 @@ class RobustStrategy(Strategy):
             return self._cannot_aggregate(server_round, "the rule's aggregate is not finite (NaN/Inf)")
         selected = result.selected.tolist()
         rec.selected = [ids[i] for i in selected]
-        rec.excluded = [c for c in ids if c not in set(rec.selected)]
+        kept = set(rec.selected)
+        rec.excluded = [c for c in ids if c not in kept]
         rec.flagged = [ids[i] for i in result.flagged.tolist()]
         rec.active = bool(getattr(result, "active", True))
         rec.weights = {ids[i]: float(w) for i, w in enumerate(result.weights.tolist())}
         rec.info = {k: float(v) for k, v in result.info.items()}
-        kept = [valid[ids[i]][1] for i in selected] or [valid[c][1] for c in ids]
-        new_state = self.codec.to_state(global_vec + result.vector, ModelCodec.combine_buffers(kept))
+        buffers = [valid[ids[i]][1] for i in selected] or [valid[c][1] for c in ids]
+        new_state = self.codec.to_state(global_vec + result.vector, ModelCodec.combine_buffers(buffers))
         return ArrayRecord(new_state), MetricRecord({"num-valid": len(ids)})
 
     def _cannot_aggregate(self, server_round: int, reason: str) -> tuple[ArrayRecord | None, None]:
