@@ -445,3 +445,19 @@ def test_a_detecting_rule_is_scored_only_in_rounds_it_was_active(tmp_path, fmnis
         flagged = len(line["flagged"])
         assert (line["tp"], line["fn"], line["fp"], line["tn"]) == (0, 0, flagged, 4 - flagged)
         assert line["tpr"] is None and line["fpr"] == flagged / 4
+
+
+def test_krum_keeps_a_sign_flipper_out_and_records_it_as_excluded_not_detected(tmp_path, fmnist_root):
+    lines, summary, _ = federate(
+        tmp_path, *KRUM, "partition.samples_per_client=300", "client.batch_size=10", "seed=1",
+        "attack=sign_flip", "attack.num_malicious=1",
+    )  # fmt: skip
+    (bad,) = summary["malicious_clients"]
+    for line in lines[1:]:
+        assert line["malicious_in_round"] == 1
+        assert len(line["selected"]) == 1 and bad not in line["selected"]
+        assert bad in line["excluded"] and len(line["excluded"]) == 4  # Krum keeps one update, leaves out four
+        # Krum selects, it does not detect: no flags, and no detection score (never a TPR of 0 or 1)
+        assert line["flagged"] == [] and line["detects"] is False and line["defense_active"] is True
+        assert line["tp"] is None and line["tpr"] is None and line["precision"] is None
+    assert lines[2]["accuracy"] > lines[0]["accuracy"] + 0.3

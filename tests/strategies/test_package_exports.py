@@ -58,13 +58,9 @@ def test_config_targets_still_resolve_to_the_rule_modules() -> None:
         assert isinstance(_locate(target), type)
 
 
-def test_importing_strategies_does_not_import_flower() -> None:
-    code = "import sys, strategies, strategies.rules; print('flwr' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
-
-
-def test_layout_lives_on_the_ground_floor_and_is_still_exported_by_the_rules() -> None:
+def test_what_importing_the_ground_floor_and_the_rules_costs() -> None:
+    """One fresh interpreter: ``common.layout`` imports nothing of the project; the rules, their package
+    exports and the registry import neither Flower nor Hydra."""
     from common.layout import Layout
     from strategies.rules import base
 
@@ -72,7 +68,9 @@ def test_layout_lives_on_the_ground_floor_and_is_still_exported_by_the_rules() -
     code = (
         "import sys, common.layout\n"
         "project = {'common', 'strategies', 'server', 'clients', 'attacks', 'scripts', 'conf'}\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in project and m not in ('common', 'common.layout')))"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in project and m not in ('common', 'common.layout')))\n"
+        "import strategies, strategies.rules, strategies.registry\n"
+        "print('flwr' in sys.modules, 'hydra' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"  # common.layout imports nothing of the project
+    assert out.stdout.splitlines() == ["[]", "False False"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -44,9 +42,3 @@ def test_preaggregators_are_registered_with_their_interface() -> None:
     assert sorted(PREAGGREGATORS) == ["bucketing", "nnm"]
     for cls in PREAGGREGATORS.values():
         assert callable(getattr(cls, "output_size", None)) and callable(cls)
-
-
-def test_importing_the_registry_imports_neither_flower_nor_hydra() -> None:
-    code = "import sys, strategies.registry; print('flwr' in sys.modules, 'hydra' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False False"
