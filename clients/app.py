@@ -25,12 +25,17 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 
 from attacks.threat import ThreatModel
 from common.data import to_float
+from common.dp_training import sampling_plan, train_private
+from common.privacy import PrivacyLedger
 from common.runtime import uses_channels_last
-from common.streams import Stream, stream
+from common.streams import Stream, derived_seed, stream
 from common.training import train_epochs
 
 OPTIMIZER_STATE = "poisonlab-optimizer"
 PARTICIPATION = "poisonlab-participation"
+PRIVACY_LEDGER = "poisonlab-privacy"
+#: train-message config key: how many local steps this client's observer captures (type-2 leakage)
+CAPTURE_STEPS = "leakage-capture-steps"
 
 
 def partition_id(context: Context) -> int:
@@ -89,6 +94,47 @@ def _save_optimizer_state(optimizer: torch.optim.Optimizer, context: Context, pa
     context.state[PARTICIPATION] = ConfigRecord({"count": participations})
 
 
+def load_ledger(context: Context) -> PrivacyLedger:
+    """This client's DP-SGD history over the whole run (empty before its first private round)."""
+    if PRIVACY_LEDGER not in context.state:
+        return PrivacyLedger()
+    return PrivacyLedger.from_lists(dict(context.state[PRIVACY_LEDGER]))
+
+
+def save_ledger(context: Context, ledger: PrivacyLedger) -> None:
+    context.state[PRIVACY_LEDGER] = ConfigRecord(ledger.as_lists())
+
+
+class StepCapture:
+    """Type-2 leakage observer: copies of the first ``limit`` non-empty local steps (parameters, gradient, batch)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.steps: list[tuple[int, list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor]] = []
+
+    def wants(self, step: int, batch_size: int) -> bool:
+        return batch_size > 0 and len(self.steps) < self.limit
+
+    def record(self, step, params, grads, images, labels) -> None:
+        self.steps.append((step, [p.cpu() for p in params], [g.cpu() for g in grads], images.cpu(), labels.cpu()))
+
+    def as_record(self) -> ArrayRecord:
+        """``s<k>.p<i>``, ``s<k>.g<i>``: parameter and gradient ``i`` at captured step ``k``; ``s<k>.x``, ``.y``,
+        ``.step``: its batch (for scoring only) and its index in the round."""
+        out: dict[str, torch.Tensor] = {}
+        for k, (step, params, grads, images, labels) in enumerate(self.steps):
+            out.update({f"s{k}.p{i}": p for i, p in enumerate(params)})
+            out.update({f"s{k}.g{i}": g for i, g in enumerate(grads)})
+            out[f"s{k}.x"], out[f"s{k}.y"], out[f"s{k}.step"] = images, labels, torch.tensor([step])
+        return ArrayRecord(out)
+
+
+def _withheld(msg: Message, reason: str, metrics: dict[str, float]) -> Message:
+    """A reply without an update (the client's privacy budget is spent): recorded, never aggregated."""
+    content = RecordDict({"withheld": ConfigRecord({"reason": reason}), "metrics": MetricRecord(metrics)})
+    return Message(content, reply_to=msg)
+
+
 def train(msg: Message, context: Context, run: Any) -> Message:
     """Train the received global model on this client's partition and reply (``run``: a ``scripts.build.Run``)."""
     server_round = int(msg.content["config"]["server-round"])
@@ -117,17 +163,28 @@ def train(msg: Message, context: Context, run: Any) -> Message:
     for group in optimizer.param_groups:
         group["lr"] = settings.lr_at(participations)
 
-    stats = train_epochs(
-        model,
-        optimizer,
-        x,
-        y,
-        spec=data.spec,
-        batch_size=settings.batch_size,
-        epochs=settings.epochs,
-        generator=stream(Stream.CLIENT_BATCHES, seed, cid, server_round),
-        channels_last=channels_last,
-    )
+    dp, extra = run.dp_sgd, {}
+    capture_steps = int(msg.content["config"].get(CAPTURE_STEPS, 0))
+    capture = StepCapture(capture_steps) if capture_steps > 0 else None
+    batches = stream(Stream.CLIENT_BATCHES, seed, cid, server_round)
+    common = {"spec": data.spec, "batch_size": settings.batch_size, "epochs": settings.epochs, "generator": batches,
+              "channels_last": channels_last, "local_steps": settings.local_steps, "observer": capture}  # fmt: skip
+    if dp is None:
+        stats = train_epochs(model, optimizer, x, y, **common)
+    else:
+        ledger = load_ledger(context)
+        sigma = dp.schedule.sigma(server_round)
+        q, steps = sampling_plan(len(y), settings.batch_size, settings.epochs, settings.local_steps)
+        spent = ledger.epsilon(dp.delta)
+        if dp.epsilon_budget is not None and ledger.epsilon_after(sigma, q, steps, dp.delta) > dp.epsilon_budget:
+            reason = (f"privacy budget: epsilon {spent:.3f} would exceed dp.epsilon_budget={dp.epsilon_budget} "
+                      f"after this round's {steps} steps at sigma {sigma:.3f}")  # fmt: skip
+            return _withheld(msg, reason, {"epsilon": spent, "num-examples": len(y)})
+        noise = torch.Generator(device=device).manual_seed(derived_seed(seed, cid, server_round, Stream.DP_NOISE))
+        stats = train_private(model, optimizer, x, y, dp=dp, sigma=sigma, noise_generator=noise, **common)
+        ledger.add(sigma, q, steps)
+        save_ledger(context, ledger)
+        extra = {"epsilon": ledger.epsilon(dp.delta), "sigma": sigma, "clip-norm": stats["clip_norm"]}
     if settings.keep_optimizer_state:
         _save_optimizer_state(optimizer, context, participations + 1)
 
@@ -138,5 +195,10 @@ def train(msg: Message, context: Context, run: Any) -> Message:
         noise = stream(Stream.UPDATE_POISONING, seed, cid, server_round)
         delta = attack(codec.to_vector(state) - start, generator=noise)
         state = dict(codec.to_state(start + delta, codec.buffers(state)))
-    metrics = MetricRecord({"train-loss": stats["train_loss"], "num-examples": len(y), "steps": stats["steps"]})
-    return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}), reply_to=msg)
+    metrics = MetricRecord(
+        {"train-loss": stats["train_loss"], "num-examples": len(y), "steps": stats["steps"], **extra}
+    )
+    content = RecordDict({"arrays": ArrayRecord(state), "metrics": metrics})
+    if capture is not None:
+        content["leakage"] = capture.as_record()
+    return Message(content, reply_to=msg)

@@ -37,6 +37,10 @@ class Stream(IntEnum):
     ROOT_TRAINING = 7
     #: an update-poisoning attack on a malicious client (seed, client, round)
     UPDATE_POISONING = 8
+    #: a client's DP-SGD noise (seed, client, round)
+    DP_NOISE = 9
+    #: a gradient-leakage attack's random starts (seed, client, round)
+    LEAKAGE = 10
     #: the fixed malicious set of the threat model (seed); a SeedSequence spawn key ("MAL")
     MALICIOUS_SET = 0x4D414C
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +38,9 @@ class LocalTraining:
         (paper A's StepLR counted per participation); ``lr_step = 0`` disables it.
     keep_optimizer_state : bool
         Keep each client's momentum buffers across its participations (paper A).
+    local_steps : int
+        ``0``: ``epochs`` whole epochs. ``> 0``: exactly that many optimizer
+        steps instead (FedSGD with ``1``), cycling over epochs.
     """
 
     lr: float = 0.001
@@ -47,6 +51,7 @@ class LocalTraining:
     lr_step: int = 10
     lr_gamma: float = 0.1
     keep_optimizer_state: bool = True
+    local_steps: int = 0
 
     def sgd(self, params: Iterable[Tensor], participations: int = 0) -> torch.optim.SGD:
         """The client's SGD optimizer, at the learning rate of its ``participations``-th participation."""
@@ -59,6 +64,23 @@ class LocalTraining:
         if self.lr_step <= 0:
             return self.lr
         return self.lr * self.lr_gamma ** (participations // self.lr_step)
+
+
+class StepObserver(Protocol):
+    """Sees chosen local steps: the parameters a step's gradient was taken at, that gradient and its batch.
+
+    Gradient-leakage attacks of type 2 (Wei, Liu et al., arXiv 2409.13004: an
+    observer inside local training) read what each step really applied: the
+    plain mini-batch gradient, or under DP-SGD the clipped, noised average.
+    """
+
+    def wants(self, step: int, batch_size: int) -> bool:
+        """Whether to record 0-based ``step`` (whose batch has ``batch_size`` examples)."""
+        ...
+
+    def record(self, step: int, params: list[Tensor], grads: list[Tensor], images: Tensor, labels: Tensor) -> None:
+        """Called after the step with copies (images in [0, 1], before normalisation)."""
+        ...
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
@@ -103,14 +125,20 @@ def train_epochs(
     generator: torch.Generator,
     channels_last: bool = False,
     loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy,
+    local_steps: int = 0,
+    observer: StepObserver | None = None,
 ) -> dict[str, float]:
     """Train ``model`` in place on ``(x, y)`` for ``epochs`` epochs (float images in [0, 1], on the device).
 
-    Returns the mean training loss and the number of optimizer steps.
+    ``local_steps > 0`` takes exactly that many steps instead. Returns the mean
+    training loss and the number of optimizer steps.
     """
-    index_batches = epoch_batches(len(y), batch_size, epochs, generator)
+    if local_steps > 0:
+        index_batches = step_batches(len(y), batch_size, local_steps, generator)
+    else:
+        index_batches = epoch_batches(len(y), batch_size, epochs, generator)
     return train_on_batches(model, optimizer, x, y, index_batches, spec=spec, generator=generator,
-                            channels_last=channels_last, loss_fn=loss_fn)  # fmt: skip
+                            channels_last=channels_last, loss_fn=loss_fn, observer=observer)  # fmt: skip
 
 
 def train_on_batches(
@@ -124,23 +152,36 @@ def train_on_batches(
     generator: torch.Generator,
     channels_last: bool = False,
     loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy,
+    observer: StepObserver | None = None,
 ) -> dict[str, float]:
-    """One optimizer step per index batch of ``index_batches``; returns mean loss and step count."""
+    """One optimizer step per index batch of ``index_batches``; returns mean loss and step count.
+
+    An empty batch (Poisson sampling under DP-SGD) still takes its step (the
+    DP optimizer adds noise) and adds nothing to the loss. ``observer`` sees
+    the steps it asks for.
+    """
     model.train()
     steps, seen = 0, 0
     loss_sum = torch.zeros((), device=x.device)
+    params = [p for p in model.parameters() if p.requires_grad]
     for idx in index_batches:
         idx = idx.to(x.device)
-        xb = x[idx]
+        raw = x[idx]
         if spec.augment:
-            xb = augment_batch(xb, generator)
-        xb = prepare_inputs(xb, spec, channels_last)
+            raw = augment_batch(raw, generator)
+        xb = prepare_inputs(raw, spec, channels_last)
         yb = y[idx]
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(model(xb), yb)
         loss.backward()
+        watched = observer is not None and observer.wants(steps, len(idx))
+        before = [p.detach().clone() for p in params] if watched else None
         optimizer.step()
-        loss_sum += loss.detach() * len(idx)
+        if watched:
+            grads = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+            observer.record(steps, before, grads, raw.detach().clone(), yb.detach().clone())
+        if len(idx):
+            loss_sum += loss.detach() * len(idx)
         seen += len(idx)
         steps += 1
     return {"train_loss": float(loss_sum) / max(seen, 1), "steps": float(steps)}

@@ -27,6 +27,7 @@ from torch import nn
 from attacks.registry import ATTACKS, kind_of
 from attacks.threat import ThreatModel, resolve_num_malicious
 from common.data import DatasetSpec, DatasetTensors, load_dataset, prepare_dataset, spec_of
+from common.dp_training import DpSgd, dp_compatible
 from common.models import output_layer_name
 from common.params import ModelCodec
 from common.runtime import resolve_device
@@ -45,6 +46,8 @@ from scripts.config import (
     instantiate_component,
     typed_section,
 )
+from scripts.privacy import LeakageSettings, central_dp, client_dp, leakage_settings
+from strategies.central_dp import CentralDP
 from strategies.registry import RULES
 from strategies.rules.base import RuleConfigError
 from strategies.rules.preaggregators import Composed
@@ -117,9 +120,15 @@ class Run:
 
     def _instantiate_model(self) -> nn.Module:
         spec = self.spec
-        return instantiate_component(
+        model = instantiate_component(
             self.cfg["model"], "model", num_classes=spec.num_classes, in_channels=spec.channels, image_size=spec.size
         )
+        if self.dp_sgd is None:
+            return model
+        try:
+            return dp_compatible(model, (spec.channels, spec.size, spec.size))
+        except ValueError as err:
+            raise ConfigError(f"dp=opacus with model {self.cfg['model'].get('_target_')}: {err}") from None
 
     def new_model(self, *, seed: int | None = None) -> nn.Module:
         """The configured model: initialised from ``seed``, else a copy of one cached template.
@@ -133,6 +142,21 @@ class Run:
         return self._instantiate_model()
 
     @cached_property
+    def dp_sgd(self) -> DpSgd | None:
+        """The clients' DP-SGD settings (``dp=opacus``), else ``None``."""
+        return client_dp(self.cfg["dp"], self.federation)
+
+    @cached_property
+    def central_dp(self) -> dict[str, Any] | None:
+        """Server-side DP settings (``dp=central_*``), else ``None``."""
+        return central_dp(self.cfg["dp"])
+
+    @cached_property
+    def leakage(self) -> LeakageSettings | None:
+        """The run's gradient-leakage attack (``leakage``), else ``None``."""
+        return leakage_settings(self.cfg.get("leakage") or {"method": "none"}, self.federation)
+
+    @cached_property
     def codec(self) -> ModelCodec:
         return ModelCodec.of_model(self._template)
 
@@ -142,8 +166,14 @@ class Run:
 
     @cached_property
     def rule(self) -> Any:
-        """The aggregation rule with its pre-aggregators (stateful rules keep history: one per run)."""
-        return build_rule(self.cfg["strategy"])
+        """The aggregation rule with its pre-aggregators, inside central DP when on (one per run: stateful)."""
+        rule = build_rule(self.cfg["strategy"])
+        if self.central_dp is None:
+            return rule
+        try:
+            return CentralDP(rule, **self.central_dp)
+        except RuleConfigError as err:
+            raise ConfigError(f"dp ({self.cfg['dp'].get('mode')}): {err}") from None
 
     @cached_property
     def attack(self) -> Any | None:
@@ -251,8 +281,6 @@ def _check_top_level(cfg: DictConfig) -> None:
         spec_of(cfg.dataset.name)
     except ValueError as err:
         raise ConfigError(f"dataset.name: {err}") from None
-    if cfg.dp.get("enabled", False):
-        raise ConfigError("dp.enabled=true is not available in this version; use dp=off")
 
 
 def _resolve_strategy(strategy: dict[str, Any], attack: dict[str, Any], model: nn.Module) -> dict[str, Any]:
@@ -320,6 +348,7 @@ def build_run(cfg: DictConfig) -> Run:
     check_evaluation(run.evaluation)
     run.output  # noqa: B018 (typed check of the section)
     fed = run.federation
+    run.dp_sgd, run.central_dp, run.leakage  # noqa: B018 (privacy and leakage sections checked before the model)
 
     resolved["strategy"] = _resolve_strategy(dict(resolved["strategy"]), resolved["attack"], run._template)
     adapter = run.adapter

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from common.training import LocalTraining
 
 TOP_LEVEL_KEYS = {
-    "dataset", "model", "partition", "federation", "strategy", "attack", "dp", "engine",
+    "dataset", "model", "partition", "federation", "strategy", "attack", "dp", "leakage", "engine",
     "seed", "device", "client", "evaluation", "output", "output_dir",
 }  # fmt: skip
 
@@ -151,6 +151,8 @@ def check_client(client: ClientSettings) -> None:
         raise ConfigError(f"client.batch_size must be >= 1, got {client.batch_size}")
     if client.epochs < 1:
         raise ConfigError(f"client.epochs must be >= 1, got {client.epochs}")
+    if client.local_steps < 0:
+        raise ConfigError(f"client.local_steps must be >= 0 (0: whole epochs), got {client.local_steps}")
     if client.lr_step < 0 or not 0 < client.lr_gamma <= 1:
         raise ConfigError(
             f"client.lr_step must be >= 0 and client.lr_gamma in (0, 1], got {client.lr_step}, {client.lr_gamma}"

@@ -29,7 +29,11 @@ In the first folder:
 * ``per_round_<metric>.png``: the per-round mean over the complete runs of each
   condition (e.g. early- vs late-only poisoning), skipping null values;
 * ``heatmap_<metric>.png``: attack x strategy (when both vary); a cell without a
-  value (e.g. the TPR of a rule that does not detect) is grey and reads "n/a".
+  value (e.g. the TPR of a rule that does not detect) is grey and reads "n/a";
+* with DP, the table's ``epsilon_max`` (client DP-SGD) or ``central_epsilon``
+  column: each run's final cumulative epsilon, then mean +- std;
+* with a leakage attack, ``leakage_by_round.csv/.md`` and
+  ``leakage_psnr_by_round.png`` (:mod:`scripts.summarize_leakage`).
 
 The excluded runs are printed to stderr; with ``--strict`` the command then exits
 with status 1 when there is any.
@@ -49,6 +53,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from scripts.summarize_leakage import leakage_rows, write_leakage
 from scripts.sweep_runs import METRICS, Run, condition_label, configured_rounds, load_runs, number, run_metrics
 
 EXCLUDED_COLUMNS = ("condition", "seed", "job", "status", "reason")
@@ -303,6 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     made += [p for p in (dose_response(rows, out, args.last),) if p]
     made += [p for m in ("source_recall", "asr", "accuracy") if (p := per_round(runs, out, m))]
     made += heatmaps(rows, out)
+    made += write_leakage(leakage_rows(runs), out)
     print((out / "sweep_summary.md").read_text())
     print("wrote:\n  " + "\n  ".join(str(p) for p in made))
     report_excluded(excluded)

@@ -57,8 +57,10 @@ from typing import Any
 import yaml
 
 RATE_METRICS = ("accuracy", "source_recall", "target_recall", "other_recall", "asr")
+#: privacy spent by the end of the run: the last round's value (cumulative), not a window mean
+FINAL_METRICS = ("epsilon_max", "central_epsilon")
 DETECTION_METRICS = ("tpr", "fpr", "precision")
-METRICS = (*RATE_METRICS, *DETECTION_METRICS)
+METRICS = (*RATE_METRICS, *FINAL_METRICS, *DETECTION_METRICS)
 COUNTS = ("tp", "fp", "fn", "tn")
 
 
@@ -239,6 +241,12 @@ def window_mean(rounds: list[dict[str, Any]], key: str) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def last_value(rounds: list[dict[str, Any]], key: str) -> float | None:
+    """The last round's value of a cumulative figure (e.g. ``epsilon_max``), ``None`` when no round has one."""
+    values = [v for x in rounds if (v := number(x, key)) is not None]
+    return values[-1] if values else None
+
+
 def is_scored(line: dict[str, Any]) -> bool:
     """Whether a round's detection was scored: a detecting rule, its defense active, the round aggregated."""
     flags = line.get("detects") and line.get("defense_active") and line.get("skipped") is None
@@ -274,5 +282,6 @@ def run_metrics(run: Run, k: int) -> dict[str, float | None]:
     """A complete run reduced to its last ``k`` rounds: every metric and ``active_rounds``."""
     window = run.rounds[-k:]
     values = {metric: window_mean(window, metric) for metric in RATE_METRICS}
+    values.update({metric: last_value(run.rounds, metric) for metric in FINAL_METRICS})
     values.update(detection(window, any(x.get("detects") for x in run.rounds)))
     return values

@@ -37,10 +37,12 @@ from common.runtime import CONFIG_KEY, uses_channels_last
 from common.streams import Stream, stream
 from common.training import confusion_matrix, step_batches, train_on_batches
 from server.evaluate import detection_scores, metrics_from_confusion, targeted_metrics
+from server.leakage import LeakageAttack
 from server.results import RunRecorder, write_plots, write_summary
 from strategies.robust import RobustStrategy
 
 log = logging.getLogger("poisonlab")
+
 
 def enrol_clients(grid: Grid, num_clients: int, timeout: float) -> dict[int, int]:
     """Wait for ``num_clients`` SuperNodes and learn which client id each one serves.
@@ -187,6 +189,11 @@ def is_targeted(attack: Any) -> bool:
     return attack is not None and hasattr(attack, "source") and hasattr(attack, "target")
 
 
+def finite_or_none(value: float) -> float | None:
+    """A privacy figure as JSON can hold it: an infinite epsilon (no noise) is written as null."""
+    return value if math.isfinite(value) else None
+
+
 def diverged_line(server_round: int, attack: Any, backdoor: bool) -> dict[str, Any]:
     """A round whose global model is not finite: every score null, never computed from NaN logits."""
     line: dict[str, Any] = {"round": server_round, "diverged": True, "accuracy": None, "loss": None,
@@ -235,6 +242,7 @@ def _run_rounds(grid: Grid, run: Any, out_dir: Path, recorder: RunRecorder) -> s
     malicious = set(threat.malicious)
     colluders = ColludingAttackers(threat, attack, seed) if run.attack_kind == "colluding" else None
     rule = run.rule
+    leakage = LeakageAttack(run, out_dir) if run.leakage is not None else None
     node_of = enrol_clients(grid, fed.num_clients, fed.connect_timeout)
     strategy = RobustStrategy(
         rule=rule,
@@ -247,7 +255,10 @@ def _run_rounds(grid: Grid, run: Any, out_dir: Path, recorder: RunRecorder) -> s
         update_hook=colluders,
         generator=stream(Stream.RULE, seed),
         server_update=RootSetTrainer(run) if getattr(rule, "needs_server_update", False) else None,
+        client_config=leakage.client_config if leakage is not None else None,
+        observer=leakage.observe if leakage is not None else None,
     )
+    epsilon_of: dict[int, float] = {}  # each client's latest cumulative DP-SGD epsilon
     test_x, test_y = data.test_x.to(device), data.test_y.to(device)
     final: dict[str, Any] = {"state": initial_state}
     triggered = None
@@ -281,6 +292,14 @@ def _run_rounds(grid: Grid, run: Any, out_dir: Path, recorder: RunRecorder) -> s
             line["collusion"] = colluders.notes.get(server_round) if colluders is not None else None
             scored = rec.detects and rec.active and rec.skipped is None
             line.update(detection_scores(rec.valid, rec.flagged, malicious, scored=scored))
+            if run.dp_sgd is not None:
+                epsilon_of.update(rec.epsilon)
+                line["epsilon"] = {str(c): finite_or_none(e) for c, e in sorted(rec.epsilon.items())}
+                line["epsilon_max"] = finite_or_none(max(epsilon_of.values(), default=0.0))
+            if run.central_dp is not None:
+                line["central_epsilon"] = finite_or_none(getattr(rule, "epsilon", math.inf))
+            if leakage is not None:
+                line["leakage"] = leakage.run_round(server_round)
         recorder.record(line)
         if line["diverged"] and run.evaluation.on_divergence == "stop":
             raise RunDiverged(

@@ -34,9 +34,17 @@ def progress_line(line: dict[str, Any], num_rounds: int | None = None, eta: floa
     )
     if line.get("malicious_in_round"):
         extra += f"  malicious {line['malicious_in_round']}"
-    for key in ("flagged", "excluded", "rejected", "failed"):
+    for key in ("flagged", "excluded", "rejected", "failed", "withheld"):
         if line.get(key):
             extra += f"  {key} {len(line[key])}"
+    if line.get("epsilon_max") is not None:
+        extra += f"  eps {line['epsilon_max']:.2f}"
+    if line.get("central_epsilon") is not None:
+        extra += f"  central-eps {line['central_epsilon']:.2f}"
+    leak = line.get("leakage")
+    if leak:
+        psnr = f"{leak['psnr_median']:.1f}" if leak.get("psnr_median") is not None else "n/a"
+        extra += f"  leak {leak['reconstructed']}/{leak['images']} psnr {psnr} dB"
     if line.get("skipped"):
         extra += "  SKIPPED"
     tail = f"  ETA {eta:6.0f}s" if eta is not None else ""
@@ -126,6 +134,15 @@ def write_summary(out_dir: Path, extra: dict[str, Any] | None = None) -> dict[st
             seconds_per_round_median=statistics.median(timed),
             total_seconds=sum(r["seconds"] for r in lines),
         )
+    privacy = [r["epsilon_max"] for r in rows if r.get("epsilon_max") is not None]
+    if privacy:
+        summary["final_epsilon_max"] = privacy[-1]
+    central = [r["central_epsilon"] for r in rows if r.get("central_epsilon") is not None]
+    if central:
+        summary["final_central_epsilon"] = central[-1]
+    leaked = [r for r in rows if r.get("leakage")]
+    if leaked:
+        summary["leakage"] = {str(r["round"]): r["leakage"] for r in leaked}
     summary.update(extra or {})
     (Path(out_dir) / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     return summary

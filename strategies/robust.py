@@ -14,6 +14,7 @@ combined by their median over the replies the rule kept (see ``common.params``).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,8 @@ from strategies.rules.base import RoundContext, RuleConfigError
 log = logging.getLogger("poisonlab")
 
 UpdateHook = Callable[[int, list[int], Tensor], Tensor]
+#: ``observer(server_round, client_id, reply content, delta or None, global state)`` for every reply that arrived
+ReplyObserver = Callable[[int, int, RecordDict, Tensor | None, dict[str, Tensor]], None]
 
 
 @dataclass
@@ -37,7 +40,8 @@ class RoundRecord:
     """What happened to one round's replies (client ids, not node ids).
 
     ``rejected`` are malformed replies (wrong tensors, NaN/Inf, invalid
-    buffers), never aggregated; ``excluded`` are valid replies the rule left
+    buffers), never aggregated; ``withheld`` replied on purpose without an
+    update (a client whose privacy budget is spent), with its reason; ``excluded`` are valid replies the rule left
     out of its aggregate (e.g. every row Krum did not select); ``flagged`` are
     replies a detecting rule declared malicious. ``active`` is false when the
     rule ran as something else than itself this round (e.g. the PCA defense
@@ -48,6 +52,8 @@ class RoundRecord:
     replied: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
     rejected: dict[int, str] = field(default_factory=dict)
+    withheld: dict[int, str] = field(default_factory=dict)
+    epsilon: dict[int, float] = field(default_factory=dict)
     valid: list[int] = field(default_factory=list)
     selected: list[int] = field(default_factory=list)
     excluded: list[int] = field(default_factory=list)
@@ -68,11 +74,12 @@ class RoundRecord:
             "flagged": self.flagged,
             "rejected": {str(k): v for k, v in self.rejected.items()},
             "failed": {str(k): v for k, v in self.failed.items()},
+            "withheld": {str(k): v for k, v in self.withheld.items()},
             "skipped": self.skipped,
             "defense_active": self.active and self.skipped is None,
             "detects": self.detects,
             "train_loss": self.train_loss,
-            "aggregation": self.info,
+            "aggregation": {k: (v if math.isfinite(v) else None) for k, v in self.info.items()},
         }
 
 
@@ -103,6 +110,11 @@ class RobustStrategy(Strategy):
     server_update : callable, optional
         ``server_update(global_state, server_round) -> (d,) delta``: the server's own update on
         its clean root set, for rules with ``needs_server_update`` (FLTrust).
+    client_config : callable, optional
+        ``client_config(server_round, client_id, sampled) -> dict``: extra config for one client's
+        message (e.g. the leakage attack asking a client to capture its local steps).
+    observer : callable, optional
+        Sees every reply that arrived (see :data:`ReplyObserver`): a curious server's view.
     """
 
     def __init__(
@@ -118,6 +130,8 @@ class RobustStrategy(Strategy):
         update_hook: UpdateHook | None = None,
         generator: torch.Generator | None = None,
         server_update: Callable[[dict[str, Tensor], int], Tensor] | None = None,
+        client_config: Callable[[int, int, list[int]], dict[str, Any]] | None = None,
+        observer: ReplyObserver | None = None,
     ) -> None:
         if getattr(rule, "needs_server_update", False) and server_update is None:
             raise ValueError(f"{type(rule).__name__} needs the server's root-set update (server_update)")
@@ -132,6 +146,8 @@ class RobustStrategy(Strategy):
         self.update_hook = update_hook
         self.generator = generator
         self.server_update = server_update
+        self.client_config = client_config
+        self.observer = observer
         self.global_state: dict[str, Tensor] | None = None
         self.records: dict[int, RoundRecord] = {}
 
@@ -147,9 +163,13 @@ class RobustStrategy(Strategy):
         self.records[server_round] = RoundRecord(
             sampled=list(clients), detects=bool(getattr(self.rule, "detects", False))
         )
-        payload = ConfigRecord({**self.train_config, **dict(config), "server-round": server_round})
-        record = RecordDict({"arrays": arrays, "config": payload})
-        return [Message(content=record, message_type=MessageType.TRAIN, dst_node_id=self.node_of[c]) for c in clients]
+        base = {**self.train_config, **dict(config), "server-round": server_round}
+        messages = []
+        for c in clients:
+            extra = self.client_config(server_round, c, list(clients)) if self.client_config else {}
+            record = RecordDict({"arrays": arrays, "config": ConfigRecord({**base, **extra})})
+            messages.append(Message(content=record, message_type=MessageType.TRAIN, dst_node_id=self.node_of[c]))
+        return messages
 
     def _decode(self, msg: Message, global_vec: Tensor) -> tuple[Tensor, list[Tensor], float | None]:
         content = msg.content
@@ -182,12 +202,23 @@ class RobustStrategy(Strategy):
                 log.warning("round %d: client %d failed: %s", server_round, cid, msg.error.reason)
                 continue
             rec.replied.append(cid)
+            content = msg.content
+            if "metrics" in content and "epsilon" in content["metrics"]:
+                rec.epsilon[cid] = float(content["metrics"]["epsilon"])
+            if "withheld" in content and "arrays" not in content:
+                rec.withheld[cid] = str(content["withheld"].get("reason", "no reason given"))
+                log.info("round %d: client %d sent no update: %s", server_round, cid, rec.withheld[cid])
+                continue
             try:
                 delta, buffers, loss = self._decode(msg, global_vec)
             except (UpdateRejected, KeyError, TypeError, ValueError) as err:
                 rec.rejected[cid] = str(err)
                 log.warning("round %d: rejected the update of client %d: %s", server_round, cid, err)
+                if self.observer is not None:
+                    self.observer(server_round, cid, content, None, self.global_state)
                 continue
+            if self.observer is not None:
+                self.observer(server_round, cid, content, delta, self.global_state)
             valid[cid] = (delta, buffers)
             if loss is not None:
                 losses.append(loss)
