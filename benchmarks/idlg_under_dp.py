@@ -61,7 +61,7 @@ def main() -> None:
         row = []
         for target in (grads, privatize(grads, args.clip, args.sigma, noise)):
             start = time.perf_counter()
-            recon = idlg(model, target, image_shape=(1, 28, 28), preprocess=prep,
+            recon = idlg(model, target, image_shape=(1, 28, 28), preprocess=prep, init="rand", iterations=100,
                          generator=torch.Generator().manual_seed(args.seed + i))  # fmt: skip
             row.append((float(mse(recon.images, x)[0]), float(psnr(recon.images, x)[0]), int(recon.labels[0]),
                         time.perf_counter() - start))  # fmt: skip

@@ -129,6 +129,10 @@ class LeakageSettings:
         ``update``: images reconstructed from each update.
     iterations, lr, tv_weight, restarts :
         The optimiser of the inversion.
+    init : {"rand", "randn"}
+        The dummy images' start in pixel space: U(0, 1) or N(0, 1) (the papers').
+    line_search : {None, "strong_wolfe"}
+        L-BFGS line search of DLG and iDLG.
     """
 
     method: str
@@ -140,6 +144,8 @@ class LeakageSettings:
     lr: float = 1.0
     tv_weight: float = 0.2
     restarts: int = 1
+    init: str = "rand"
+    line_search: str | None = None
 
 
 def leakage_settings(section: dict[str, Any], fed: Federation) -> LeakageSettings | None:
@@ -149,7 +155,8 @@ def leakage_settings(section: dict[str, Any], fed: Federation) -> LeakageSetting
         raise ConfigError(f"leakage.method={method!r} is unknown; pick one of {list(LEAKAGE_METHODS)}")
     if method == "none":
         return None
-    known = {"method", "target", "rounds", "clients", "num_images", "iterations", "lr", "tv_weight", "restarts"}
+    known = {"method", "target", "rounds", "clients", "num_images", "iterations", "lr", "tv_weight", "restarts",
+             "init", "line_search"}  # fmt: skip
     extra = sorted(set(section) - known)
     if extra:
         raise ConfigError(f"unknown key(s) {extra} in leakage; known keys: {sorted(known)}")
@@ -172,6 +179,8 @@ def leakage_settings(section: dict[str, Any], fed: Federation) -> LeakageSetting
         lr=float(section.get("lr", 1.0)),
         tv_weight=float(section.get("tv_weight", 0.2)),
         restarts=int(section.get("restarts", 1)),
+        init=str(section.get("init", "rand")),
+        line_search=section.get("line_search"),
     )
     if settings.target not in LEAKAGE_TARGETS:
         raise ConfigError(f"leakage.target={settings.target!r}: use update (the shared update) or step (type 2)")
@@ -183,6 +192,10 @@ def leakage_settings(section: dict[str, Any], fed: Federation) -> LeakageSetting
             f"leakage.clients={settings.clients} must be between 1 and federation.clients_per_round="
             f"{fed.clients_per_round}"
         )
+    if settings.init not in ("rand", "randn"):
+        raise ConfigError(f"leakage.init={settings.init!r}: use rand (U(0, 1)) or randn (N(0, 1))")
+    if settings.line_search not in (None, "strong_wolfe"):
+        raise ConfigError(f"leakage.line_search={settings.line_search!r}: use null or strong_wolfe")
     if settings.lr <= 0 or settings.tv_weight < 0:
         raise ConfigError(f"leakage.lr must be > 0 and leakage.tv_weight >= 0, got {settings.lr}, {settings.tv_weight}")
     return settings

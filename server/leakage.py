@@ -107,6 +107,10 @@ class LeakageAttack:
         return normalize(x, self.spec)
 
     def _invert(self, model: torch.nn.Module, grads: list[Tensor], k: int, seed_ids: tuple[int, ...]) -> Any:
+        """Run the configured inversion; DLG and iDLG restart from fresh starts until one converges (loss < 1e-6).
+
+        Inverting Gradients runs its own restarts and keeps the best.
+        """
         s = self.settings
         kwargs: dict[str, Any] = {
             "image_shape": (self.spec.channels, self.spec.size, self.spec.size),
@@ -114,13 +118,23 @@ class LeakageAttack:
             "preprocess": self._preprocess,
             "iterations": s.iterations,
             "lr": s.lr,
-            "generator": stream(Stream.LEAKAGE, self.run.seed, *seed_ids),
+            "init": s.init,
         }
+        if s.method == "inverting_gradients":
+            generator = stream(Stream.LEAKAGE, self.run.seed, *seed_ids)
+            return reconstruct(s.method, model, grads, tv_weight=s.tv_weight, restarts=s.restarts,
+                               generator=generator, **kwargs)  # fmt: skip
         if s.method == "dlg":
             kwargs["num_classes"] = self.spec.num_classes
-        if s.method == "inverting_gradients":
-            kwargs.update(tv_weight=s.tv_weight, restarts=s.restarts)
-        return reconstruct(s.method, model, grads, **kwargs)
+        best = None
+        for attempt in range(s.restarts):
+            generator = stream(Stream.LEAKAGE, self.run.seed, *seed_ids, attempt)
+            recon = reconstruct(s.method, model, grads, line_search=s.line_search, generator=generator, **kwargs)
+            if best is None or recon.loss < best.loss:
+                best = recon
+            if best.loss < 1e-6:
+                break
+        return best
 
     def _score(self, server_round: int, cid: int, step: int, recon: Any, pool_x: Tensor, pool_y: Tensor,
                seconds: float) -> list[dict[str, Any]]:  # fmt: skip
