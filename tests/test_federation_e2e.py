@@ -123,3 +123,21 @@ def test_deployment_with_a_malicious_supernode_matches_the_simulation(attacked, 
     for port in range(base, base + 4):
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still served"
+
+
+def test_a_dp_sgd_federation_on_ray_reports_each_clients_cumulative_epsilon(tmp_path, fmnist_root):
+    run_cli(*SMALL, "dp=opacus", "dp.schedule=linear", "dp.noise_multiplier=2", "dp.noise_end=1", "model=mlp",
+            f"hydra.run.dir={tmp_path}")  # fmt: skip
+    lines = read_lines(tmp_path)
+    assert [line["round"] for line in lines] == [0, 1, 2]
+    seen: dict[str, float] = {}
+    for line in lines[1:]:
+        assert sorted(int(c) for c in line["epsilon"]) == sorted(line["sampled"])
+        for cid, eps in line["epsilon"].items():
+            assert eps > seen.get(cid, 0.0)  # cumulative across the rounds a client took part in
+            seen[cid] = eps
+        assert line["epsilon_max"] == max(seen.values())
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["final_epsilon_max"] == lines[2]["epsilon_max"]
+    # a client that took part twice (Ray kept its ledger in context.state) has more than one round's epsilon
+    assert any(sum(c in map(str, line["sampled"]) for line in lines[1:]) == 2 for c in seen)

@@ -300,3 +300,31 @@ def test_a_condition_whose_runs_were_all_excluded_shows_n_0(tmp_path):
     row = table(tmp_path)["x=2"]
     assert (row["n"], row["excluded"], row["accuracy_mean"], row["accuracy_std"]) == ("0", "2", "", "")
     assert "| x=2 | 0 | 2 |  |  |" in (tmp_path / "sweep_summary.md").read_text()
+
+
+def leak(psnr, mse, images=2, reconstructed=1):
+    return {"images": images, "psnr_median": psnr, "psnr_mean": psnr, "mse_median": mse, "ssim_mean": 0.5,
+            "label_accuracy": 1.0, "reconstructed": reconstructed}  # fmt: skip
+
+
+def test_privacy_runs_report_their_final_epsilon_and_their_leakage_by_round(tmp_path):
+    for seed, (eps, psnr1, psnr3) in enumerate([(1.5, 40.0, 20.0), (2.5, 60.0, 10.0)]):
+        rounds = [
+            line(epsilon_max=eps / 3, leakage=leak(psnr1, 1e-4)),
+            line(epsilon_max=eps / 2, leakage=None),
+            line(epsilon_max=eps, leakage=leak(psnr3, 1e-1, reconstructed=0)),
+        ]
+        write_job(tmp_path / f"job{seed}", ["dp=opacus"], seed, rounds, done(3))
+    main([str(tmp_path), "--last", "2"])
+    (row,) = list(csv.DictReader((tmp_path / "sweep_summary.csv").open()))
+    # the final cumulative epsilon of each run (not a window mean), then mean +- std over the seeds
+    assert float(row["epsilon_max_mean"]) == pytest.approx(2.0) and float(row["epsilon_max_std"]) == pytest.approx(
+        math.sqrt(0.5)
+    )
+    assert "epsilon_max" in (tmp_path / "sweep_summary.md").read_text()
+    rows = list(csv.DictReader((tmp_path / "leakage_by_round.csv").open()))
+    assert [int(r["round"]) for r in rows] == [1, 3] and all(r["n"] == "2" for r in rows)
+    assert float(rows[0]["psnr_median_mean"]) == pytest.approx(50.0) and float(rows[1]["psnr_median_mean"]) == 15.0
+    assert float(rows[1]["reconstructed_mean"]) == 0.0
+    assert "| dp=opacus | 1 | 2 | 50.0 +- 14.1 |" in (tmp_path / "leakage_by_round.md").read_text()
+    assert (tmp_path / "leakage_psnr_by_round.png").stat().st_size > 5_000
