@@ -132,7 +132,8 @@ class RootSetTrainer:
     The root set is a seeded random draw of ``root_size`` training samples (Cao
     et al. sample it from the training distribution). As in the paper, the
     server takes the **same number of local iterations as a client**
-    (``ceil(median partition size / batch_size) * epochs`` steps, cycling over
+    (``client.local_steps`` when set, else ``ceil(median partition size /
+    batch_size) * epochs`` steps, cycling over
     the root set in fresh orders) with the clients' optimizer settings and
     their learning-rate schedule at the participation count a client has on
     average by this round (``(round - 1) * clients_per_round // num_clients``);
@@ -146,7 +147,7 @@ class RootSetTrainer:
         self.x, self.y = to_float(data.train_x[idx]).to(run.device), data.train_y[idx].to(run.device)
         self.run, self.settings = run, settings
         median_size = statistics.median(run.partition_sizes)
-        self.steps = math.ceil(median_size / settings.batch_size) * settings.epochs
+        self.steps = settings.local_steps or math.ceil(median_size / settings.batch_size) * settings.epochs
         self.momentum: dict[int, torch.Tensor] = {}
 
     def __call__(self, global_state: dict[str, torch.Tensor], server_round: int) -> torch.Tensor:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -208,12 +209,11 @@ def _count(record: dict[str, Tensor], prefix: str) -> int:
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """A round's leakage in one dict: image count, mean / median PSNR, median MSE, mean SSIM, label accuracy."""
     finite = [r["psnr"] for r in rows if math.isfinite(r["psnr"])]
-    mses = sorted(r["mse"] for r in rows)
     return {
         "images": len(rows),
         "psnr_mean": sum(finite) / len(finite) if finite else None,
-        "psnr_median": sorted(finite)[len(finite) // 2] if finite else None,
-        "mse_median": mses[len(mses) // 2],
+        "psnr_median": statistics.median(finite) if finite else None,
+        "mse_median": statistics.median(r["mse"] for r in rows),
         "ssim_mean": sum(r["ssim"] for r in rows) / len(rows),
         "label_accuracy": sum(r["label_correct"] for r in rows) / len(rows),
         "reconstructed": sum(r["mse"] <= 1e-3 for r in rows),
