@@ -10,6 +10,14 @@ to :func:`train`. A query message enrols the client; a train message carries
 the global model, and the reply carries the locally trained model and its
 metrics, with the same keys for honest and malicious clients.
 
+With ``dp=opacus`` every client trains with DP-SGD (``common.dp_training``) at
+the round's noise multiplier, keeps its privacy ledger in ``context.state``
+across the rounds it takes part in, reports its cumulative ``epsilon`` and, once
+the next round would pass ``dp.epsilon_budget``, replies without an update (a
+``withheld`` record). A client the server's leakage attack targets (the train
+config's ``leakage-capture-steps``) copies its first local steps into a
+``leakage`` record of its reply.
+
 A malicious client poisons its own data or its own update (the trainable
 parameters; its BatchNorm statistics are its honest ones). Its role comes from
 its node config (``role=malicious`` or ``role=honest``) when the SuperNode was
@@ -167,10 +175,10 @@ def train(msg: Message, context: Context, run: Any) -> Message:
     capture_steps = int(msg.content["config"].get(CAPTURE_STEPS, 0))
     capture = StepCapture(capture_steps) if capture_steps > 0 else None
     batches = stream(Stream.CLIENT_BATCHES, seed, cid, server_round)
-    common = {"spec": data.spec, "batch_size": settings.batch_size, "epochs": settings.epochs, "generator": batches,
+    loop = {"spec": data.spec, "batch_size": settings.batch_size, "epochs": settings.epochs, "generator": batches,
               "channels_last": channels_last, "local_steps": settings.local_steps, "observer": capture}  # fmt: skip
     if dp is None:
-        stats = train_epochs(model, optimizer, x, y, **common)
+        stats = train_epochs(model, optimizer, x, y, **loop)
     else:
         ledger = load_ledger(context)
         sigma = dp.schedule.sigma(server_round)
@@ -181,7 +189,7 @@ def train(msg: Message, context: Context, run: Any) -> Message:
                       f"after this round's {steps} steps at sigma {sigma:.3f}")  # fmt: skip
             return _withheld(msg, reason, {"epsilon": spent, "num-examples": len(y)})
         noise = torch.Generator(device=device).manual_seed(derived_seed(seed, cid, server_round, Stream.DP_NOISE))
-        stats = train_private(model, optimizer, x, y, dp=dp, sigma=sigma, noise_generator=noise, **common)
+        stats = train_private(model, optimizer, x, y, dp=dp, sigma=sigma, noise_generator=noise, **loop)
         ledger.add(sigma, q, steps)
         save_ledger(context, ledger)
         extra = {"epsilon": ledger.epsilon(dp.delta), "sigma": sigma, "clip-norm": stats["clip_norm"]}
