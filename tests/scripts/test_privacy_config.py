@@ -87,3 +87,17 @@ def test_a_model_opacus_cannot_train_is_refused_by_a_trial_step():
     with pytest.raises(ValueError, match="a trial DP-SGD step failed"):
         dp_compatible(InPlaceOnALinearOutput(), (1, 28, 28))
     dp_compatible(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), (1, 28, 28))  # a plain one passes
+
+
+def test_match_noise_finds_the_constant_sigma_of_the_same_epsilon(capsys):
+    from common.privacy import NoiseSchedule
+    from scripts.match_noise import main, matched_constant_sigma, schedule_epsilon
+
+    decaying = NoiseSchedule(kind="linear", start=2.0, end=0.7, horizon=10)
+    target = schedule_epsilon(decaying, 0.05, 20, 10, 1e-5)
+    sigma = matched_constant_sigma(target, 0.05, 20, 10, 1e-5)
+    assert 0.7 < sigma < 2.0
+    assert schedule_epsilon(NoiseSchedule(start=sigma), 0.05, 20, 10, 1e-5) == pytest.approx(target, rel=1e-4)
+    main(["--schedule", "linear", "--start", "2.0", "--end", "0.7", "--rounds", "10", "--sample-rate", "0.05",
+          "--steps", "20"])  # fmt: skip
+    assert f"constant sigma {sigma:.4f}" in capsys.readouterr().out
