@@ -93,3 +93,12 @@ def test_central_dp_reports_noise_clipping_and_a_growing_epsilon_with_any_rule(t
         assert line["central_epsilon"] == info["dp_epsilon"]
     assert 0 < lines[1]["central_epsilon"] < lines[2]["central_epsilon"] == summary["final_central_epsilon"]
     assert lines[2]["central_epsilon"] == pytest.approx(accountant_epsilon([(3.0, 1.0, 2)], 1e-5), rel=1e-3)
+
+
+def test_no_noise_means_no_finite_epsilon_and_is_written_as_null(tmp_path, fmnist_root):
+    lines, summary, _ = federate(tmp_path, *DP, "dp.noise_multiplier=0", "federation.num_rounds=1")
+    line = lines[1]
+    assert line["epsilon_max"] is None and all(v is None for v in line["epsilon"].values())
+    assert sorted(int(c) for c in line["epsilon"]) == sorted(line["sampled"])
+    assert "final_epsilon_max" not in summary  # JSON has no infinity: never a fake number
+    assert (tmp_path / "metrics.jsonl").read_text().count("Infinity") == 0
