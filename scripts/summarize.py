@@ -46,7 +46,6 @@ scripts.sweep_runs : the run model, which runs are complete, and the numbers of 
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import sys
 from collections import defaultdict
@@ -55,18 +54,9 @@ from typing import Any
 
 from scripts.summarize_leakage import leakage_rows, write_leakage
 from scripts.sweep_runs import METRICS, Run, condition_label, configured_rounds, load_runs, number, run_metrics
+from scripts.tables import mean_std, pyplot, write_csv
 
 EXCLUDED_COLUMNS = ("condition", "seed", "job", "status", "reason")
-
-
-def mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (0 for a single value; ``None`` for none)."""
-    if not values:
-        return None, None
-    mean = sum(values) / len(values)
-    if len(values) == 1:
-        return mean, 0.0
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 def describe(members: list[Run]) -> dict[str, Any]:
@@ -158,14 +148,6 @@ def markdown_excluded(excluded: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
-    """``rows`` as CSV with ``columns`` (missing values empty)."""
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def write_tables(rows: list[dict[str, Any]], excluded: list[dict[str, Any]], out: Path, k: int) -> list[Path]:
     """``sweep_summary.csv`` (every column), ``sweep_summary.md`` and ``sweep_excluded.csv``."""
     write_csv(out / "sweep_summary.csv", rows, list(dict.fromkeys(key for row in rows for key in row)))
@@ -176,22 +158,13 @@ def write_tables(rows: list[dict[str, Any]], excluded: list[dict[str, Any]], out
     return [out / "sweep_summary.csv", out / "sweep_summary.md", out / "sweep_excluded.csv"]
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def dose_response(rows: list[dict[str, Any]], out: Path, k: int = 10) -> Path | None:
     """Source recall and accuracy against the malicious share, one line per other condition."""
     rows = [r for r in rows if r.get("malicious_share") is not None and r.get("source_recall_mean") is not None]
     shares = {r["malicious_share"] for r in rows}
     if len(shares) < 3:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric, label in ((axes[0], "source_recall", "source-class recall"), (axes[1], "accuracy", "accuracy")):
         pts = sorted((r["malicious_share"], r[f"{metric}_mean"], r[f"{metric}_std"] or 0.0) for r in rows)
@@ -214,7 +187,7 @@ def per_round(runs: list[Run], out: Path, metric: str) -> Path | None:
             groups[run.condition].append(run.lines)
     if not groups or len(groups) > 12:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for condition, members in sorted(groups.items()):
         by_round: dict[int, list[float]] = defaultdict(list)
@@ -253,7 +226,7 @@ def heatmaps(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     strategies = sorted({r["strategy"] for r in rows if r.get("strategy")})
     if len(attacks) < 2 or len(strategies) < 2:
         return []
-    plt = _plt()
+    plt = pyplot()
     cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
     paths = []
     for metric in ("accuracy", "source_recall", "asr", "tpr", "fpr"):

@@ -10,12 +10,12 @@ against the round the attack was attempted in, one line per condition).
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from scripts.sweep_runs import Run, condition_label
+from scripts.sweep_runs import Run, condition_label, number
+from scripts.tables import mean_std, pyplot, write_csv
 
 FIELDS = ("psnr_median", "mse_median", "ssim_mean", "label_accuracy", "reconstructed", "images")
 
@@ -33,10 +33,7 @@ def leakage_rows(runs: list[Run]) -> list[dict[str, Any]]:
     for (condition, server_round), found in sorted(cells.items()):
         row: dict[str, Any] = {"condition": condition_label(condition), "round": server_round, "n": len(found)}
         for key in FIELDS:
-            values = [float(v) for f in found if isinstance(v := f.get(key), int | float) and math.isfinite(v)]
-            mean = sum(values) / len(values) if values else None
-            spread = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-            row[f"{key}_mean"], row[f"{key}_std"] = mean, (spread if values else None)
+            row[f"{key}_mean"], row[f"{key}_std"] = mean_std([v for f in found if (v := number(f, key)) is not None])
         rows.append(row)
     return rows
 
@@ -45,13 +42,7 @@ def write_leakage(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     """``leakage_by_round.csv``, ``leakage_by_round.md`` and the PSNR figure; nothing when no run leaked."""
     if not rows:
         return []
-    import csv
-
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    with (out / "leakage_by_round.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "leakage_by_round.csv", rows, list(dict.fromkeys(key for row in rows for key in row)))
     header = ["condition", "round", "n", "PSNR (dB)", "MSE", "SSIM", "label acc", "reconstructed / images"]
     lines = [
         "Leakage by the round the attack was attempted in: mean +- std over the n complete runs of each run's",
@@ -80,17 +71,13 @@ def _pm(row: dict[str, Any], key: str, fmt: str) -> str:
 
 
 def _figure(rows: list[dict[str, Any]], out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     by_condition: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         if r["psnr_median_mean"] is not None:
             by_condition[r["condition"]].append(r)
     if not by_condition:
         return []
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for condition, found in sorted(by_condition.items()):
         xs = [r["round"] for r in found]
