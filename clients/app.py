@@ -35,15 +35,13 @@ from attacks.threat import ThreatModel
 from common.data import to_float
 from common.dp_training import sampling_plan, train_private
 from common.privacy import PrivacyLedger
-from common.runtime import uses_channels_last
+from common.runtime import CAPTURE_STEPS_KEY, uses_channels_last
 from common.streams import Stream, derived_seed, stream
 from common.training import train_epochs
 
 OPTIMIZER_STATE = "poisonlab-optimizer"
 PARTICIPATION = "poisonlab-participation"
 PRIVACY_LEDGER = "poisonlab-privacy"
-#: train-message config key: how many local steps this client's observer captures (type-2 leakage)
-CAPTURE_STEPS = "leakage-capture-steps"
 
 
 def partition_id(context: Context) -> int:
@@ -172,7 +170,7 @@ def train(msg: Message, context: Context, run: Any) -> Message:
         group["lr"] = settings.lr_at(participations)
 
     dp, extra = run.dp_sgd, {}
-    capture_steps = int(msg.content["config"].get(CAPTURE_STEPS, 0))
+    capture_steps = int(msg.content["config"].get(CAPTURE_STEPS_KEY, 0))
     capture = StepCapture(capture_steps) if capture_steps > 0 else None
     batches = stream(Stream.CLIENT_BATCHES, seed, cid, server_round)
     loop = {"spec": data.spec, "batch_size": settings.batch_size, "epochs": settings.epochs, "generator": batches,
@@ -183,8 +181,9 @@ def train(msg: Message, context: Context, run: Any) -> Message:
         ledger = load_ledger(context)
         sigma = dp.schedule.sigma(server_round)
         q, steps = sampling_plan(len(y), settings.batch_size, settings.epochs, settings.local_steps)
-        spent = ledger.epsilon(dp.delta)
-        if dp.epsilon_budget is not None and ledger.epsilon_after(sigma, q, steps, dp.delta) > dp.epsilon_budget:
+        epsilon = ledger.epsilon_after(sigma, q, steps, dp.delta)  # what this client reports if it trains
+        if dp.epsilon_budget is not None and epsilon > dp.epsilon_budget:
+            spent = ledger.epsilon(dp.delta)
             reason = (f"privacy budget: epsilon {spent:.3f} would exceed dp.epsilon_budget={dp.epsilon_budget} "
                       f"after this round's {steps} steps at sigma {sigma:.3f}")  # fmt: skip
             return _withheld(msg, reason, {"epsilon": spent, "num-examples": len(y)})
@@ -192,7 +191,7 @@ def train(msg: Message, context: Context, run: Any) -> Message:
         stats = train_private(model, optimizer, x, y, dp=dp, sigma=sigma, noise_generator=noise, **loop)
         ledger.add(sigma, q, steps)
         save_ledger(context, ledger)
-        extra = {"epsilon": ledger.epsilon(dp.delta), "sigma": sigma, "clip-norm": stats["clip_norm"]}
+        extra = {"epsilon": epsilon, "sigma": sigma, "clip-norm": stats["clip_norm"]}
     if settings.keep_optimizer_state:
         _save_optimizer_state(optimizer, context, participations + 1)
 

@@ -1,4 +1,4 @@
-"""What every process of a run shares: the run-config key, the device, the memory format."""
+"""What every process of a run shares: the message keys, the device, the memory format."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from torch import nn
 
 #: the Flower run-config key (and train-message config key) that carries the resolved run config as JSON
 CONFIG_KEY = "poisonlab-config"
+#: train-message config key: how many local steps a client the leakage attack targets copies into its reply
+CAPTURE_STEPS_KEY = "leakage-capture-steps"
 
 
 def resolve_device(requested: str) -> torch.device:

@@ -40,9 +40,8 @@ from torch import Tensor
 
 from attacks.leakage import best_match, mse, psnr, reconstruct, ssim
 from common.data import normalize, to_float
+from common.runtime import CAPTURE_STEPS_KEY
 from common.streams import Stream, stream
-
-CAPTURE_STEPS = "leakage-capture-steps"
 
 
 class LeakageAttack:
@@ -73,7 +72,7 @@ class LeakageAttack:
         """Note the round's targets; ask an attacked client to capture its first steps (type 2)."""
         self.targets[server_round] = self.attacked(server_round, sampled)
         if self.settings.target == "step" and cid in self.targets[server_round]:
-            return {CAPTURE_STEPS: self.settings.num_images}
+            return {CAPTURE_STEPS_KEY: self.settings.num_images}
         return {}
 
     def observe(
