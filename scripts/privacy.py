@@ -11,12 +11,12 @@ naming the key and the fix, raised before anything expensive starts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from common.dp_training import DpSgd
 from common.privacy import NoiseSchedule
-from scripts.config import ConfigError, Federation
+from scripts.config import ConfigError, Federation, typed_section
 
 DP_MODES = ("off", "opacus", "central_fixed", "central_adaptive")
 LEAKAGE_METHODS = ("none", "dlg", "idlg", "inverting_gradients")
@@ -135,7 +135,7 @@ class LeakageSettings:
         L-BFGS line search of DLG and iDLG.
     """
 
-    method: str
+    method: str = "none"
     target: str = "update"
     rounds: tuple[int, ...] = (1,)
     clients: int = 1
@@ -155,12 +155,8 @@ def leakage_settings(section: dict[str, Any], fed: Federation) -> LeakageSetting
         raise ConfigError(f"leakage.method={method!r} is unknown; pick one of {list(LEAKAGE_METHODS)}")
     if method == "none":
         return None
-    known = {"method", "target", "rounds", "clients", "num_images", "iterations", "lr", "tv_weight", "restarts",
-             "init", "line_search"}  # fmt: skip
-    extra = sorted(set(section) - known)
-    if extra:
-        raise ConfigError(f"unknown key(s) {extra} in leakage; known keys: {sorted(known)}")
-    rounds = section.get("rounds")
+    settings = typed_section(section, LeakageSettings, "leakage")  # unknown keys and wrong types
+    rounds = settings.rounds
     if not isinstance(rounds, list | tuple) or not rounds or not all(isinstance(r, int) for r in rounds):
         raise ConfigError(f"leakage.rounds must be a non-empty list of rounds, got {rounds!r}; e.g. leakage.rounds=[1]")
     late = [r for r in rounds if not 1 <= r <= fed.num_rounds]
@@ -169,19 +165,7 @@ def leakage_settings(section: dict[str, Any], fed: Federation) -> LeakageSetting
             f"leakage.rounds={list(rounds)} lists round(s) {late} outside 1..federation.num_rounds={fed.num_rounds}; "
             "drop them or raise federation.num_rounds"
         )
-    settings = LeakageSettings(
-        method=method,
-        target=str(section.get("target", "update")),
-        rounds=tuple(sorted(set(rounds))),
-        clients=int(section.get("clients", 1)),
-        num_images=int(section.get("num_images", 1)),
-        iterations=int(section.get("iterations", 300)),
-        lr=float(section.get("lr", 1.0)),
-        tv_weight=float(section.get("tv_weight", 0.2)),
-        restarts=int(section.get("restarts", 1)),
-        init=str(section.get("init", "rand")),
-        line_search=section.get("line_search"),
-    )
+    settings = replace(settings, rounds=tuple(sorted(set(rounds))))
     if settings.target not in LEAKAGE_TARGETS:
         raise ConfigError(f"leakage.target={settings.target!r}: use update (the shared update) or step (type 2)")
     for key in ("clients", "num_images", "iterations", "restarts"):

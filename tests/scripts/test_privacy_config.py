@@ -39,6 +39,8 @@ def build(*overrides: str):
         (["leakage=dlg", "leakage.target=wire"], "leakage.target='wire'"),
         (["leakage=dlg", "leakage.clients=6"], "leakage.clients=6 must be between 1 and"),
         (["leakage=dlg", "leakage.method=gradinversion"], "leakage.method='gradinversion' is unknown"),
+        (["leakage=idlg", "leakage.iterations=abc"], "leakage.iterations must be an integer, got 'abc'"),
+        (["leakage=idlg", "+leakage.steps=3"], "unknown key(s) ['steps'] in leakage"),
     ],
 )
 def test_bad_privacy_and_leakage_input_is_named_in_the_error(overrides, message, fmnist_root):
