@@ -12,11 +12,7 @@ import json
 import math
 
 import pytest
-from test_server_round_loop import (  # noqa: F401 (the autouse fixtures apply here too)
-    federate,
-    one_torch_thread,
-    serverapp_identity,
-)
+from fake_grid import federate
 
 from common.data import prepare_dataset
 

@@ -8,13 +8,8 @@ to the next, as Flower's simulation and deployment keep it.
 from __future__ import annotations
 
 import pytest
+from fake_grid import federate
 from opacus.accountants import RDPAccountant
-from test_server_round_loop import (  # noqa: F401 (the autouse fixtures apply here too)
-    FakeGrid,
-    federate,
-    one_torch_thread,
-    serverapp_identity,
-)
 
 from clients.app import PRIVACY_LEDGER
 from common.dp_training import sampling_plan
