@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from common.data import candidate_roots, prepare_dataset
 
@@ -22,3 +23,12 @@ def shared_data() -> Path:
         if not download and (root / "FashionMNIST" / "raw").is_dir():
             return root
     pytest.skip("../shared/data is not beside this checkout")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread, as every simulated client runs (several threads on 2 shared cores are ~10x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -12,6 +12,7 @@ from common.models import FashionMnistCnn, Mlp
 from common.privacy import NoiseSchedule
 
 SPEC = spec_of("fashion_mnist")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Recorder:
@@ -45,14 +46,6 @@ def run(model, dp: DpSgd, *, n=60, batch_size=4, sigma=0.0, lr=0.1, observer=Non
         generator=torch.Generator().manual_seed(seed), noise_generator=torch.Generator().manual_seed(seed + 1),
         observer=observer,
     )  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_batchnorm_becomes_groupnorm_and_inplace_activations_are_made_out_of_place():

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from flwr.supercore.task_identity import TaskIdentity
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One torch thread, as every simulated client runs (several threads on 2 shared cores are ~10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def one_thread_per_client(one_torch_thread):
+    """The in-process ClientApps train with one torch thread, as every simulated client does."""
 
 
 @pytest.fixture(autouse=True)
