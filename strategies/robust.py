@@ -212,16 +212,15 @@ class RobustStrategy(Strategy):
             try:
                 delta, buffers, loss = self._decode(msg, global_vec)
             except (UpdateRejected, KeyError, TypeError, ValueError) as err:
+                delta = None
                 rec.rejected[cid] = str(err)
                 log.warning("round %d: rejected the update of client %d: %s", server_round, cid, err)
-                if self.observer is not None:
-                    self.observer(server_round, cid, content, None, self.global_state)
-                continue
+            else:
+                valid[cid] = (delta, buffers)
+                if loss is not None:
+                    losses.append(loss)
             if self.observer is not None:
                 self.observer(server_round, cid, content, delta, self.global_state)
-            valid[cid] = (delta, buffers)
-            if loss is not None:
-                losses.append(loss)
         for cid in sorted(set(rec.sampled) - set(rec.replied) - set(rec.failed)):
             rec.failed[cid] = "no reply before the round timeout"
         rec.train_loss = sum(losses) / len(losses) if losses else None
