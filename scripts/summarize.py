@@ -52,9 +52,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from common.plotting import pyplot
 from scripts.summarize_leakage import leakage_rows, write_leakage
 from scripts.sweep_runs import METRICS, Run, condition_label, configured_rounds, load_runs, number, run_metrics
-from scripts.tables import mean_std, pyplot, write_csv
+from scripts.tables import mean_std, write_csv
 
 EXCLUDED_COLUMNS = ("condition", "seed", "job", "status", "reason")
 

@@ -14,8 +14,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from common.plotting import pyplot
 from scripts.sweep_runs import Run, condition_label, number
-from scripts.tables import mean_std, pyplot, write_csv
+from scripts.tables import mean_std, write_csv
 
 FIELDS = ("psnr_median", "mse_median", "ssim_mean", "label_accuracy", "reconstructed", "images")
 

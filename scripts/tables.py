@@ -1,4 +1,4 @@
-"""Small helpers the sweep summaries share: mean and spread, CSV tables, a headless pyplot."""
+"""Small helpers the sweep summaries share: mean and spread, CSV tables."""
 
 from __future__ import annotations
 
@@ -24,13 +24,3 @@ def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Non
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-
-
-def pyplot():
-    """``matplotlib.pyplot`` on the headless Agg backend (imported only when a figure is drawn)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt

@@ -40,6 +40,7 @@ from torch import Tensor
 
 from attacks.leakage import best_match, mse, psnr, reconstruct, ssim
 from common.data import normalize, to_float
+from common.plotting import pyplot
 from common.runtime import CAPTURE_STEPS_KEY
 from common.streams import Stream, stream
 
@@ -221,11 +222,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def write_grid(path: Path, pairs: list[tuple[Tensor, Tensor]], rows: list[dict[str, Any]]) -> None:
     """Originals (top row) above their reconstructions (bottom row), with each one's PSNR."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     n = len(pairs)
     fig, axes = plt.subplots(2, n, figsize=(1.4 * n + 0.4, 3.2), squeeze=False)
     for j, ((truth, recon), row) in enumerate(zip(pairs, rows, strict=True)):

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common.plotting import pyplot
+
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 
@@ -150,11 +152,7 @@ def write_summary(out_dir: Path, extra: dict[str, Any] | None = None) -> dict[st
 
 def write_plots(out_dir: Path) -> list[Path]:
     """Accuracy / loss per round and per-class recall per round, as PNG files."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = [r for r in read_metrics(out_dir) if not r.get("diverged")]
     if not rows:
         return []
