@@ -65,9 +65,18 @@ class EvaluationSettings:
 
 @dataclass(frozen=True)
 class OutputSettings:
-    """Run outputs (``output`` section)."""
+    """Run outputs (``output`` section).
+
+    ``plots``: write the PNG plots at the end. ``tensorboard``: also write
+    TensorBoard event files (``<run folder>/tensorboard/``), one scalar per
+    round and metric (needs the ``tensorboard`` extra). ``verbose``: show
+    Flower's, Ray's and the libraries' logs on the console too (they always go
+    to ``run.log`` in the run folder).
+    """
 
     plots: bool = True
+    tensorboard: bool = False
+    verbose: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""poisonlab's Python API (filled in below)."""
