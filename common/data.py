@@ -16,14 +16,22 @@ The data root is resolved in this order:
    ``~/.cache/poisonlab/data``), the only place where a download is attempted.
 
 Only the user cache is ever written to: archives found in another root (such as
-the read-only ``../shared/data``) are copied into the cache and extracted there.
+the read-only ``../shared/data``) are copied into the cache, checked against
+torchvision's published MD5s and extracted there.
+
+``POISONLAB_OFFLINE=1`` turns every download off (runs, ``poisonlab-data``):
+missing data then fails at once with the files expected and every root looked
+in, instead of waiting on the network. ``poisonlab-data`` fetches and verifies
+the datasets ahead of time on a machine that has internet access.
 """
 
 from __future__ import annotations
 
+import gzip
 import os
 import pickle
 import shutil
+import uuid
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -37,6 +45,10 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 class DataMissingError(FileNotFoundError):
     """The dataset is not on disk and cannot be downloaded."""
+
+
+class DataCorruptError(DataMissingError):
+    """A dataset file is on disk but its MD5 differs from torchvision's, and no fresh copy may be downloaded."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +103,36 @@ SPECS: dict[str, DatasetSpec] = {
     ),
 }
 
+#: CIFAR-10's label names as its ``batches.meta`` lists them (torchvision reads them from that file when
+#: the data is loaded, so its ``CIFAR10`` class has no ``classes`` attribute to take them from).
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+@lru_cache(maxsize=16)
+def class_names(name: str) -> tuple[str, ...]:
+    """The names of dataset ``name``'s classes, indexed by label: what plots, tables and console lines show.
+
+    Fashion-MNIST's are torchvision's ``FashionMNIST.classes`` ("T-shirt/top", ..., "Ankle boot");
+    MNIST's ("0 - zero", ...) are shortened to their digit ("0" .. "9"); CIFAR-10's are the label
+    names of its ``batches.meta`` ("airplane", ..., "truck"). ``metrics.jsonl`` keeps class ids.
+
+    Raises
+    ------
+    ValueError
+        For an unknown dataset (listing the known ones).
+    """
+    spec = spec_of(name)
+    if name == "cifar10":
+        names = CIFAR10_CLASSES
+    else:
+        from torchvision import datasets
+
+        classes = {"fashion_mnist": datasets.FashionMNIST, "mnist": datasets.MNIST}[name].classes
+        names = tuple(c.split(" - ", 1)[0] if name == "mnist" else c for c in classes)
+    if len(names) != spec.num_classes:
+        raise ValueError(f"dataset {name!r} has {spec.num_classes} classes but {len(names)} class names")
+    return names
+
 
 @dataclass(frozen=True)
 class DatasetTensors:
@@ -138,8 +180,62 @@ def candidate_roots(configured: str | None) -> list[tuple[Path, bool]]:
     for shared in (PROJECT_ROOT.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"):
         if shared.is_dir() and (shared.resolve(), False) not in roots:
             roots.append((shared.resolve(), False))
-    roots.append((user_cache_root(), True))
+    roots.append((user_cache_root(), not offline()))
     return roots
+
+
+def offline() -> bool:
+    """Whether ``POISONLAB_OFFLINE`` forbids every download (any value but empty, ``0``, ``false``, ``no``)."""
+    return os.environ.get("POISONLAB_OFFLINE", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def expected_md5(name: str) -> dict[str, str]:
+    """torchvision's published MD5 of each file of dataset ``name``, keyed by its path under a data root."""
+    from torchvision import datasets
+
+    if name == "cifar10":
+        cls = datasets.CIFAR10
+        batches = {f"{cls.base_folder}/{f}": md5 for f, md5 in cls.train_list + cls.test_list}
+        return {cls.filename: cls.tgz_md5, **batches}
+    spec = spec_of(name)
+    return {f"{spec.folder}/raw/{f}": md5 for f, md5 in _torchvision_class(name).resources}
+
+
+def corrupt_files(name: str, root: Path) -> dict[Path, str]:
+    """The files of dataset ``name`` under ``root`` whose MD5 is not torchvision's (absent files are not listed).
+
+    Returns
+    -------
+    dict
+        Each bad file and a sentence with its MD5 and the expected one.
+    """
+    from torchvision.datasets.utils import calculate_md5
+
+    bad: dict[Path, str] = {}
+    for rel, md5 in expected_md5(name).items():
+        path = root / rel
+        if path.is_file() and (actual := calculate_md5(path)) != md5:
+            bad[path] = f"md5 {actual}, expected {md5}"
+    return bad
+
+
+def _corrupt(name: str, bad: dict[Path, str]) -> DataCorruptError:
+    listed = "\n  ".join(f"{path}: {why}" for path, why in bad.items())
+    return DataCorruptError(
+        f"dataset {name!r} is corrupt: these files do not match torchvision's checksums:\n  {listed}\n"
+        "Replace them with intact copies (delete the ones in the user cache and run `poisonlab-data` "
+        "with internet access to fetch them again)."
+    )
+
+
+def find_root(name: str, configured_root: str | None = None) -> Path | None:
+    """The first candidate root holding dataset ``name`` (extracted or as archives), or None."""
+    spec = spec_of(name)
+    for root, _ in candidate_roots(configured_root):
+        archive = root / "cifar-10-python.tar.gz" if name == "cifar10" else None
+        if _has(root, spec, extracted=True) or _has(root, spec, extracted=False) or (archive and archive.is_file()):
+            return root
+    return None
 
 
 def _has(root: Path, spec: DatasetSpec, extracted: bool) -> bool:
@@ -156,90 +252,169 @@ def _torchvision_class(name: str):
     return {"fashion_mnist": datasets.FashionMNIST, "mnist": datasets.MNIST}[name]
 
 
-def _prepare_mnist_like(name: str, root: Path, spec: DatasetSpec, download: bool) -> Path:
-    """Return a root holding extracted, MD5-checked files, extracting into the user cache if needed."""
+def _atomic_copy(src: Path, dst: Path, opener=open) -> None:
+    """Write ``dst`` from ``src`` (read through ``opener``) via a temporary file, so no reader sees half a file."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{uuid.uuid4().hex}.part")
+    try:
+        with opener(src, "rb") as fin, open(tmp, "xb") as fout:
+            shutil.copyfileobj(fin, fout)
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _prepare_mnist_like(name: str, root: Path, spec: DatasetSpec, download: bool, configured: str | None) -> Path:
+    """Return a root holding extracted files, extracting MD5-checked archives into the user cache if needed."""
     if _has(root, spec, extracted=True):
         return root
     cache = user_cache_root()
     if _has(cache, spec, extracted=True):
         return cache
-    if _has(root, spec, extracted=False) and root != cache:
-        raw = cache / spec.folder / "raw"
-        raw.mkdir(parents=True, exist_ok=True)
+    source = root if root != cache and _has(root, spec, extracted=False) else cache
+    bad = corrupt_files(name, source)
+    if source != cache:  # copy the intact archives; a download may replace the others
         for f in spec.files:
-            if not (raw / Path(f).name).exists():
-                shutil.copyfile(root / spec.folder / f, raw / Path(f).name)
-    elif not _has(root, spec, extracted=False) and not download:
-        raise _missing(name, spec, root)
+            if root / spec.folder / f not in bad:
+                _atomic_copy(root / spec.folder / f, cache / spec.folder / f)
+    if _has(cache, spec, extracted=False) and not bad:
+        for f in spec.files:
+            _atomic_copy(cache / spec.folder / f, cache / spec.folder / f.removesuffix(".gz"), opener=gzip.open)
+        return cache
+    if not download:
+        raise _corrupt(name, bad) if bad else _missing(name, spec, configured)
     try:
-        # Finds the archives already in the cache, checks their MD5 and extracts them
-        # there; it only reaches the network when they are absent (download allowed).
-        _torchvision_class(name)(root=str(cache), train=True, download=True)
+        _download(name, cache)  # fetches the archives that are absent or fail their MD5
     except Exception as err:  # network failure, bad MD5, ...
-        raise _missing(name, spec, root, err) from err
+        raise _missing(name, spec, configured, err) from err
     return cache
 
 
-def _prepare_cifar10(root: Path, spec: DatasetSpec, download: bool) -> Path:
+def _prepare_cifar10(root: Path, spec: DatasetSpec, download: bool, configured: str | None) -> Path:
     """Return a root holding the extracted CIFAR-10 batches, extracting into the user cache if needed."""
     if _has(root, spec, extracted=True):
         return root
     cache = user_cache_root()
     if _has(cache, spec, extracted=True):
         return cache
-    archive = root / "cifar-10-python.tar.gz"
-    if not archive.is_file() and not download:
-        raise _missing("cifar10", spec, root)
-    try:
-        from torchvision.datasets.utils import download_and_extract_archive, extract_archive
+    from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import check_integrity, extract_archive
 
+    archive = root / CIFAR10.filename
+    if archive.is_file() and check_integrity(str(archive), CIFAR10.tgz_md5):
         cache.mkdir(parents=True, exist_ok=True)
-        if archive.is_file():
-            extract_archive(str(archive), str(cache))
-        else:
-            download_and_extract_archive(
-                "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-                download_root=str(cache),
-                md5="c58f30108f718f92721af3b95e74349a",
-            )
+        extract_archive(str(archive), str(cache))
+        return cache
+    if not download and archive.is_file():
+        raise _corrupt("cifar10", corrupt_files("cifar10", root))
+    if not download:
+        raise _missing("cifar10", spec, configured)
+    try:
+        _download("cifar10", cache)
     except Exception as err:
-        raise _missing("cifar10", spec, root, err) from err
+        raise _missing("cifar10", spec, configured, err) from err
     return cache
 
 
-def _missing(name: str, spec: DatasetSpec, root: Path, err: Exception | None = None) -> DataMissingError:
-    expected = "\n  ".join(str(root / spec.folder / f) for f in spec.files)
+def _download(name: str, root: Path) -> None:
+    """Fetch ``name`` into ``root`` with torchvision, which keeps the files whose MD5 is right and extracts."""
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if name == "cifar10" else _torchvision_class(name)
+    root.mkdir(parents=True, exist_ok=True)
+    cls(root=str(root), train=True, download=True)
+
+
+def fetch_dataset(name: str, root: Path) -> None:
+    """Download dataset ``name`` into ``root`` (torchvision's layout), for machines that will run offline.
+
+    Files already there with torchvision's MD5 are kept; the archives are
+    extracted beside them, so ``root`` can serve as ``dataset.root`` or
+    ``POISONLAB_DATA`` afterwards.
+
+    Raises
+    ------
+    DataMissingError
+        When ``POISONLAB_OFFLINE`` is set or the download fails (naming the expected files).
+    """
+    spec = spec_of(name)
+    if offline():
+        raise _missing(name, spec, str(root))
+    try:
+        _download(name, Path(root))
+    except Exception as err:
+        raise _missing(name, spec, str(root), err) from err
+
+
+def _origin(root: Path, configured: str | None) -> str:
+    """Where a candidate root comes from, for error messages."""
+    if configured:
+        return "dataset.root or --root"
+    if root == user_cache_root():
+        return "user cache" + ("; downloads disabled by POISONLAB_OFFLINE" if offline() else "")
+    if os.environ.get("POISONLAB_DATA"):
+        return "POISONLAB_DATA"
+    return "shared data beside the checkout"
+
+
+def _missing(name: str, spec: DatasetSpec, configured: str | None, err: Exception | None = None) -> DataMissingError:
+    roots = [root for root, _ in candidate_roots(configured)]
+    expected = [str(roots[0] / spec.folder / f) for f in spec.files]
+    if name == "cifar10":
+        expected.append(f"(or the archive {roots[0] / 'cifar-10-python.tar.gz'})")
+    files, looked = "\n  ".join(expected), "\n  ".join(f"{root}  ({_origin(root, configured)})" for root in roots)
     cause = f"\n(download failed: {err})" if err else ""
     return DataMissingError(
-        f"dataset {name!r} not found. Expected these files:\n  {expected}\n"
-        "Put them there, point dataset.root=... or POISONLAB_DATA at a folder that has them "
-        f"(torchvision layout), or run once with internet access.{cause}"
+        f"dataset {name!r} not found. Expected these files:\n  {files}\n"
+        f"or the same files under one of the data roots looked in, in this order:\n  {looked}\n"
+        "Put them there, point dataset.root=... or POISONLAB_DATA at a folder that has them (torchvision layout), "
+        "or run `poisonlab-data` on a machine with internet access and copy its data folder here"
+        + (" (POISONLAB_OFFLINE is set: no download is attempted)." if offline() else ".")
+        + cause
     )
 
 
-def prepare_dataset(name: str, configured_root: str | None = None) -> Path:
+def prepare_dataset(name: str, configured_root: str | None = None, *, download: bool = True) -> Path:
     """Resolve the data root for ``name`` and make sure its files are usable.
 
-    Returns the root :func:`load_dataset` should read. Raises
-    :class:`DataMissingError` naming the expected files when no candidate
-    root has the data and a download is impossible (e.g. offline).
+    Parameters
+    ----------
+    name : str
+        A dataset of :data:`SPECS`.
+    configured_root : str, optional
+        ``dataset.root``; when given, the only root looked in (besides the user cache for extraction).
+    download : bool
+        False never reaches the network, as ``POISONLAB_OFFLINE=1`` does.
+
+    Returns
+    -------
+    Path
+        The root :func:`load_dataset` should read.
+
+    Raises
+    ------
+    DataMissingError
+        Naming the expected files and every root looked in, when no candidate
+        root has the data and a download is impossible (offline, or not allowed).
+    DataCorruptError
+        When the files found fail torchvision's MD5 and no fresh copy may be downloaded.
     """
     spec = spec_of(name)
-    roots = candidate_roots(configured_root)
-    for root, _ in roots:
-        archive = root / "cifar-10-python.tar.gz" if name == "cifar10" else None
-        if _has(root, spec, extracted=True) or _has(root, spec, extracted=False) or (archive and archive.is_file()):
-            return _prepare(name, root, spec, download=False)
-    root, download = roots[-1]
-    if not download:
-        raise _missing(name, spec, root)
-    return _prepare(name, root, spec, download=True)
+    allowed = download and not offline()
+    root = find_root(name, configured_root)
+    if root is not None:
+        return _prepare(name, root, spec, allowed, configured_root)
+    cache, can_download = candidate_roots(configured_root)[-1]
+    if not (can_download and allowed):
+        raise _missing(name, spec, configured_root)
+    return _prepare(name, cache, spec, True, configured_root)
 
 
-def _prepare(name: str, root: Path, spec: DatasetSpec, download: bool) -> Path:
+def _prepare(name: str, root: Path, spec: DatasetSpec, download: bool, configured: str | None) -> Path:
     if name == "cifar10":
-        return _prepare_cifar10(root, spec, download)
-    return _prepare_mnist_like(name, root, spec, download)
+        return _prepare_cifar10(root, spec, download, configured)
+    return _prepare_mnist_like(name, root, spec, download, configured)
 
 
 def _read_cifar10(folder: Path) -> tuple[Tensor, Tensor, Tensor, Tensor]:

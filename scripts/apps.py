@@ -5,9 +5,8 @@ run's objects from the resolved config it receives (:func:`scripts.build.run_fro
 once per process) and hands them to the ServerApp's work
 (:func:`server.app.run_federation`) or the ClientApp's (:func:`clients.app.train`).
 Deployments load ``scripts.apps:server_app`` and ``scripts.apps:client_app``
-(``[tool.flwr.app.components]`` in ``pyproject.toml``); the simulation engine
-binds a ServerApp to the :class:`~scripts.build.Run` it already built
-(:func:`bound_server_app`).
+(the ``pyproject.toml`` that :mod:`scripts.flower_run` submits); both engines
+submit them the same way.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from clients.app import enrol, train
 from common.runtime import CONFIG_KEY
-from scripts.build import Run, run_from_json
+from scripts.build import run_from_json
 from server.app import run_federation
 
 server_app = ServerApp()
@@ -44,14 +43,3 @@ def _enrol(msg: Message, context: Context) -> Message:
 @client_app.train()
 def _train(msg: Message, context: Context) -> Message:
     return train(msg, context, run_from_json(str(msg.content["config"][CONFIG_KEY])))
-
-
-def bound_server_app(run: Run) -> ServerApp:
-    """A ServerApp bound to an already built ``run`` (the simulation engine, in-process)."""
-    bound = ServerApp()
-
-    @bound.main()
-    def _main(grid: Grid, context: Context) -> None:
-        run_federation(grid, run)
-
-    return bound

@@ -346,7 +346,13 @@ def build_run(cfg: DictConfig) -> Run:
     check_federation(run.federation)
     check_client(run.client)
     check_evaluation(run.evaluation)
-    run.output  # noqa: B018 (typed check of the section)
+    if run.output.tensorboard:  # the event files need the tensorboard package: fail before the run starts
+        from server.tensorboard_log import TensorBoardMissing, summary_writer_class
+
+        try:
+            summary_writer_class()
+        except TensorBoardMissing as err:
+            raise ConfigError(str(err)) from None
     fed = run.federation
     run.dp_sgd, run.central_dp, run.leakage  # noqa: B018 (privacy and leakage sections checked before the model)
 

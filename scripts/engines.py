@@ -1,45 +1,51 @@
-"""Where a federation runs: Flower's Ray simulation, or a real local deployment.
+"""Where a federation runs: Flower's simulation runtime on Ray, or a real local deployment.
 
 Engines are chosen by the ``engine`` config group (Hydra ``_target_``). Each
 takes the run built by :func:`scripts.build.build_run` and runs it to
-completion, leaving the outputs in ``run.cfg["output_dir"]``. An engine wires
-both Flower apps, so it sits in the runner, above ``server`` and ``clients``.
+completion through Flower's supported path, ``flwr run`` against a SuperLink
+the engine starts and stops itself (:class:`scripts.flower_run.FlowerSession`),
+leaving the outputs in ``run.cfg["output_dir"]`` and handing every finished
+round to ``on_round`` (the console's progress).
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import warnings
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.simulation import run_simulation
 
-from scripts.apps import bound_server_app, client_app
 from scripts.build import Run
 from scripts.deploy import run_local_deployment
+from scripts.flower_run import FlowerSession, free_port
 
-log = logging.getLogger("poisonlab")
+OnRound = Callable[[dict[str, Any]], None]
 
 
 class Simulation:
-    """Flower's simulation engine on Ray: one virtual SuperNode per client.
+    """Flower's simulation runtime on Ray: one virtual SuperNode per client.
 
-    The only engine that runs omniscient colluding attacks (``runs_colluding_attacks``):
-    the ServerApp runs in this process, where the attack sees every honest update.
+    A SuperLink started with ``--simulation`` on a free loopback port runs the
+    submitted run in one process of its own (the ServerApp, and the ClientApps
+    on Ray actors). The only engine that runs omniscient colluding attacks
+    (``runs_colluding_attacks``): the ServerApp sees every honest update there.
 
     Parameters
     ----------
-    client_cpus : float
+    client_cpus : int
         CPUs each client actor reserves (Ray gives it that many torch threads);
-        with 1, as many clients train at once as there are cores.
+        with 1, as many clients train at once as there are cores. Flower's
+        simulation config takes whole CPUs.
     client_gpus : float
         GPU fraction each client actor reserves (0 = CPU only).
     num_cpus : int, optional
         CPUs Ray may use in all (default: every core).
     object_store_mb : int
         Cap on Ray's object store.
+    timeout : float
+        Seconds for the whole run before everything is shut down.
     """
 
     runs_colluding_attacks = True
@@ -47,13 +53,16 @@ class Simulation:
     def __init__(
         self,
         *,
-        client_cpus: float = 1,
+        client_cpus: int = 1,
         client_gpus: float = 0.0,
         num_cpus: int | None = None,
         object_store_mb: int = 512,
+        timeout: float = 86400,
     ) -> None:
-        if client_cpus <= 0:
-            raise ValueError(f"engine.client_cpus must be > 0, got {client_cpus}")
+        if isinstance(client_cpus, bool) or not isinstance(client_cpus, int) or client_cpus < 1:
+            raise ValueError(
+                f"engine.client_cpus must be a whole number >= 1 (Flower's simulation config), got {client_cpus}"
+            )
         if not 0 <= client_gpus <= 1:
             raise ValueError(f"engine.client_gpus must be in [0, 1], got {client_gpus}")
         if client_gpus > 0:
@@ -63,38 +72,35 @@ class Simulation:
             raise ValueError(f"engine.num_cpus={num_cpus} is below engine.client_cpus={client_cpus}")
         if object_store_mb < 78:
             raise ValueError(f"engine.object_store_mb must be >= 78 (Ray's minimum), got {object_store_mb}")
+        if timeout <= 0:
+            raise ValueError(f"engine.timeout must be > 0 seconds, got {timeout}")
         self.client_cpus = client_cpus
         self.client_gpus = client_gpus
         self.num_cpus = num_cpus or os.cpu_count() or 1
         self.object_store_mb = object_store_mb
+        self.timeout = timeout
 
-    def backend_config(self) -> dict[str, Any]:
-        """Flower's backend config for the Ray backend."""
+    def federation_config(self, num_clients: int) -> dict[str, Any]:
+        """Flower's simulation config for the run (``flwr run --federation-config``)."""
         return {
-            "client_resources": {"num_cpus": self.client_cpus, "num_gpus": self.client_gpus},
-            "init_args": {
-                "num_cpus": self.num_cpus,
-                "object_store_memory": self.object_store_mb * 1024 * 1024,
-                "include_dashboard": False,
-                "logging_level": "ERROR",
-            },
+            "num-supernodes": num_clients,
+            "backend": "ray",
+            "client-resources-num-cpus": self.client_cpus,
+            "client-resources-num-gpus": float(self.client_gpus),
+            "init-args-num-cpus": self.num_cpus,
+            "init-args-logging-level": "ERROR",
+            "init-args-log-to-driver": True,
         }
 
-    def run(self, run: Run) -> None:
-        """Run the federation in this process (ServerApp) and Ray actors (ClientApps)."""
+    def run(self, run: Run, on_round: OnRound, *, verbose: bool = False) -> None:
+        """Start a simulation SuperLink, submit the run, follow it to its end, stop everything."""
         cfg = run.cfg
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # run_simulation's own deprecation notice
-            warnings.filterwarnings("ignore", category=FutureWarning, module="ray")
-            run_simulation(
-                server_app=bound_server_app(run),
-                client_app=client_app,
-                num_supernodes=int(cfg["federation"]["num_clients"]),
-                backend_config=self.backend_config(),
-            )
-        summary = os.path.join(cfg["output_dir"], "summary.json")
-        if not os.path.exists(summary):
-            raise RuntimeError(f"the simulation ended without writing {summary}; see the log above")
+        host = "127.0.0.1"
+        env = {"RAY_DEFAULT_OBJECT_STORE_MAX_MEMORY_BYTES": str(self.object_store_mb * 1024 * 1024)}
+        with FlowerSession(Path(cfg["output_dir"]), host=host, port=free_port(host), env=env) as session:
+            session.start_superlink(simulation=True)
+            fed = self.federation_config(int(cfg["federation"]["num_clients"]))
+            session.run(cfg, timeout=self.timeout, on_round=on_round, federation_config=fed, verbose=verbose)
 
 
 class LocalDeployment:
@@ -112,8 +118,9 @@ class LocalDeployment:
 
     runs_colluding_attacks = False
 
-    def run(self, run: Run) -> None:
-        """Start a SuperLink and one SuperNode per client, submit the run, wait, shut down."""
+    def run(self, run: Run, on_round: OnRound, *, verbose: bool = False) -> None:
+        """Start a SuperLink and one SuperNode per client, submit the run, follow it, shut down."""
         run_local_deployment(
-            run.cfg, host=self.host, base_port=self.base_port, client_threads=self.client_threads, timeout=self.timeout
-        )
+            run.cfg, host=self.host, base_port=self.base_port, client_threads=self.client_threads,
+            timeout=self.timeout, on_round=on_round, verbose=verbose,
+        )  # fmt: skip

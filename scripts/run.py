@@ -5,37 +5,120 @@ Examples
 ``poisonlab`` (paper A's Fashion-MNIST federation on the local Ray simulation),
 ``poisonlab federation.num_rounds=50 strategy=fedavg_weighted``,
 ``poisonlab -m seed=0,1,2`` (a sweep, one run folder per job).
+
+:func:`prepare` and :func:`execute` are the one way a composed config becomes
+a run; the command line (:func:`main`) and the Python API (:func:`poisonlab.run`)
+both call them.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from common.data import DataMissingError
-from scripts.build import build_run
+from scripts.build import Run, build_run
 from scripts.config import ConfigError
+from scripts.console import Progress, SweepClock, summary_line, sweep_clock, sweep_size
+from scripts.flower_run import RUN_LOG
 
 log = logging.getLogger("poisonlab")
 
 
+@contextmanager
+def run_logging(out_dir: Path, verbose: bool) -> Iterator[None]:
+    """Log everything to ``<out_dir>/run.log``; on the console only poisonlab's warnings (all logs if ``verbose``).
+
+    Python warnings are logged too (so library deprecation notices land in
+    ``run.log``, not on the console). Handlers are removed on exit, so the jobs
+    of a sweep (one process) each log to their own folder.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    root, ours = logging.getLogger(), logging.getLogger("poisonlab")
+    to_file = logging.FileHandler(out_dir / RUN_LOG)
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(name)s] %(message)s"))
+    to_console = logging.StreamHandler(sys.stderr)
+    to_console.setFormatter(logging.Formatter("[poisonlab] %(levelname)s: %(message)s"))
+    to_console.setLevel(logging.INFO if verbose else logging.WARNING)
+    level = root.level
+    # Hydra's own console handler on the root logger would print every library's INFO line
+    consoles = [h for h in root.handlers if type(h) is logging.StreamHandler]
+    for handler in consoles:
+        root.removeHandler(handler)
+    root.setLevel(logging.INFO)
+    root.addHandler(to_file)
+    (root if verbose else ours).addHandler(to_console)
+    logging.captureWarnings(True)
+    try:
+        yield
+    finally:
+        logging.captureWarnings(False)
+        for logger, handler in ((root, to_file), (root, to_console), (ours, to_console)):
+            logger.removeHandler(handler)
+        to_file.close()
+        root.setLevel(level)
+        for handler in consoles:
+            root.addHandler(handler)
+
+
+def prepare(cfg: DictConfig, out_dir: str | Path) -> Run:
+    """Check ``cfg`` completely and build its run for ``out_dir``; nothing is started or written.
+
+    Raises
+    ------
+    scripts.config.ConfigError, common.data.DataMissingError
+        When the config is wrong or the data is missing.
+    """
+    run = build_run(cfg)
+    run.cfg["output_dir"] = str(Path(out_dir).resolve())
+    return run
+
+
+def execute(run: Run, *, job: tuple[int, SweepClock] | None = None) -> dict[str, Any]:
+    """Run a prepared ``run`` on its engine, showing progress; the run's ``summary.json``.
+
+    Raises
+    ------
+    RuntimeError
+        When the run did not complete (``summary.json`` then says why, when it got that far).
+    """
+    out_dir = Path(run.cfg["output_dir"])
+    verbose = run.output.verbose
+    with run_logging(out_dir, verbose):
+        print(f"[poisonlab] run folder: {out_dir}", flush=True)
+        progress = Progress(run.federation.num_rounds, live=False if verbose else None, job=job, cfg=run.cfg)
+        try:
+            run.engine.run(run, progress, verbose=verbose)
+        finally:
+            progress.close()
+        summary = json.loads((out_dir / "summary.json").read_text())
+        print(summary_line(summary), flush=True)
+        return summary
+
+
 @hydra.main(version_base="1.3", config_path="pkg://conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    """Check ``cfg`` completely and build its run once, then run it on the configured engine."""
-    logging.getLogger("flwr").propagate = False  # Flower logs to the console itself
+    """Run the composed config (one job of a sweep under ``-m``); exit 2 on a config error."""
+    hydra_cfg = HydraConfig.get()
+    job = None
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        job = (int(hydra_cfg.job.num), sweep_clock(sweep_size(sys.argv[1:])))
     try:
-        run = build_run(cfg)
+        run = prepare(cfg, hydra_cfg.runtime.output_dir)
     except (ConfigError, DataMissingError) as err:
         print(f"poisonlab: configuration error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
-    out_dir = run.cfg["output_dir"] = HydraConfig.get().runtime.output_dir
-    print(f"[poisonlab] run folder: {out_dir}", flush=True)
-    run.engine.run(run)
-    print(f"[poisonlab] done: {out_dir}/summary.json", flush=True)
+    execute(run, job=job)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,11 @@ Outputs
 In the first folder:
 
 * ``sweep_summary.csv`` and ``sweep_summary.md``: one row per condition; the
-  Markdown adds an "Excluded runs" section ("none" when none);
+  Markdown adds an "Excluded runs" section ("none" when none). The attack's
+  classes are named after the dataset's classes (``config.json``'s dataset):
+  the CSV's ``source_class`` / ``source_name`` and ``target_class`` /
+  ``target_name`` columns, the Markdown's "attack classes" column
+  (``Shirt -> T-shirt/top``), and the figures' titles or legends;
 * ``sweep_excluded.csv``: the excluded runs (condition, seed, job, status, reason);
 * ``dose_response.png``: source recall and accuracy against the malicious share
   (when ``attack.num_malicious`` or ``attack.fraction`` varies);
@@ -54,26 +58,55 @@ from typing import Any
 
 from common.plotting import pyplot
 from scripts.summarize_leakage import leakage_rows, write_leakage
-from scripts.sweep_runs import METRICS, Run, condition_label, configured_rounds, load_runs, number, run_metrics
+from scripts.sweep_runs import (
+    METRICS,
+    Run,
+    classes_label,
+    condition_label,
+    configured_rounds,
+    load_runs,
+    number,
+    run_metrics,
+)
 from scripts.tables import mean_std, write_csv
 
 EXCLUDED_COLUMNS = ("condition", "seed", "job", "status", "reason")
 
 
 def describe(members: list[Run]) -> dict[str, Any]:
-    """Malicious share, attack, strategy and configured rounds of a condition, from a member with a config."""
+    """Malicious share, attack (and its classes), strategy and configured rounds of a condition.
+
+    Taken from a member with a config. The attack's source / target classes
+    come as ``<role>_class`` (the id) and ``<role>_name`` (the dataset's name for it).
+    """
     ref = next((m for m in members if m.config), None)
     if ref is None:
         return {}
     cfg = ref.config
     fed = cfg["federation"]
-    return {
+    row = {
         "malicious_share": len(cfg["attack"].get("malicious_clients", [])) / fed["num_clients"],
         "attack": cfg["attack"].get("name", "none"),
         # the option name (fedavg, fedavg_weighted, krum, ...), else the rule's class
         "strategy": ref.choices.get("strategy") or cfg["strategy"]["_target_"].rsplit(".", 1)[-1],
         "rounds": configured_rounds(ref),
     }
+    if dataset := (cfg.get("dataset") or {}).get("name"):
+        row["dataset"] = dataset
+    names = ref.attack_class_names
+    for role, c in ref.attack_classes.items():
+        row[f"{role}_class"], row[f"{role}_name"] = c, names[role]
+    return row
+
+
+def row_classes(row: dict[str, Any]) -> str:
+    """A condition row's attack classes in a few words (``Shirt -> T-shirt/top``), ``""`` for none."""
+    return classes_label({role: row[f"{role}_name"] for role in ("source", "target") if row.get(f"{role}_name")})
+
+
+def the_one(labels: set[str]) -> str:
+    """The label every item shares, ``""`` when they differ or have none."""
+    return next(iter(labels)) if len(labels) == 1 else ""
 
 
 def condition_row(condition: tuple[str, ...], members: list[Run], k: int) -> dict[str, Any]:
@@ -119,7 +152,9 @@ def markdown_table(rows: list[dict[str, Any]], k: int) -> list[str]:
     """The condition table: ``n``, ``excluded``, mean +- std of each metric present, ``active_rounds``."""
     present = [m for m in METRICS if any(r.get(f"{m}_mean") is not None for r in rows)]
     active = any(r.get("active_rounds") is not None for r in rows)
-    header = ["condition", "n", "excluded", *present, *(["active_rounds"] if active else [])]
+    classes = any(row_classes(r) for r in rows)
+    header = ["condition", *(["attack classes"] if classes else []), "n", "excluded", *present,
+              *(["active_rounds"] if active else [])]  # fmt: skip
     lines = [
         f"Mean +- std over the n complete runs (seeds) of each condition of their last-{k}-round averages;",
         "tpr / fpr / precision are micro-averaged over the scored rounds of that window (active_rounds: their",
@@ -129,7 +164,8 @@ def markdown_table(rows: list[dict[str, Any]], k: int) -> list[str]:
         "|" + "---|" * len(header),
     ]
     for row in rows:
-        cells = [_cell(row["condition"]), str(row["n"]), str(row["excluded"])]
+        cells = [_cell(row["condition"]), *([_cell(row_classes(row))] if classes else [])]
+        cells += [str(row["n"]), str(row["excluded"])]
         for m in present:
             mean, std = row.get(f"{m}_mean"), row.get(f"{m}_std")
             cells.append("" if mean is None else f"{mean:.3f} +- {std:.3f}")
@@ -165,9 +201,11 @@ def dose_response(rows: list[dict[str, Any]], out: Path, k: int = 10) -> Path | 
     shares = {r["malicious_share"] for r in rows}
     if len(shares) < 3:
         return None
+    source = the_one({r.get("source_name") or "" for r in rows})
+    recall_label = f"source-class recall ({source})" if source else "source-class recall"
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric, label in ((axes[0], "source_recall", "source-class recall"), (axes[1], "accuracy", "accuracy")):
+    for ax, metric, label in ((axes[0], "source_recall", recall_label), (axes[1], "accuracy", "accuracy")):
         pts = sorted((r["malicious_share"], r[f"{metric}_mean"], r[f"{metric}_std"] or 0.0) for r in rows)
         ax.errorbar([p[0] * 100 for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3)
         ax.set(xlabel="malicious clients (%)", ylabel=label, ylim=(0, 1))
@@ -181,13 +219,21 @@ def dose_response(rows: list[dict[str, Any]], out: Path, k: int = 10) -> Path | 
 
 
 def per_round(runs: list[Run], out: Path, metric: str) -> Path | None:
-    """Per-round mean over the complete runs of ``metric``, one line per condition; null values skipped."""
+    """Per-round mean over the complete runs of ``metric``, one line per condition; null values skipped.
+
+    For an attack metric, the attack's classes (``Shirt -> T-shirt/top``) go into
+    the title when every condition shares them, else into each condition's legend entry.
+    """
     groups: dict[tuple[str, ...], list[list[dict[str, Any]]]] = defaultdict(list)
+    classes: dict[tuple[str, ...], str] = {}
     for run in runs:
         if run.status == "complete" and any(number(x, metric) is not None for x in run.lines):
             groups[run.condition].append(run.lines)
+            named = metric in ("source_recall", "target_recall", "other_recall", "asr")
+            classes.setdefault(run.condition, classes_label(run.attack_class_names) if named else "")
     if not groups or len(groups) > 12:
         return None
+    shared = the_one(set(classes.values()))
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for condition, members in sorted(groups.items()):
@@ -197,8 +243,12 @@ def per_round(runs: list[Run], out: Path, metric: str) -> Path | None:
                 if (v := number(x, metric)) is not None:
                     by_round[x["round"]].append(v)
         rounds = sorted(by_round)
-        ax.plot(rounds, [sum(by_round[r]) / len(by_round[r]) for r in rounds], label=condition_label(condition))
-    ax.set(xlabel="round", ylabel=metric, title=f"{metric} per round (mean over seeds)", ylim=(0, 1.02))
+        label = condition_label(condition)
+        if classes[condition] and not shared:
+            label += f" [{classes[condition]}]"
+        ax.plot(rounds, [sum(by_round[r]) / len(by_round[r]) for r in rounds], label=label)
+    title = f"{metric} per round (mean over seeds)" + (f", {shared}" if shared else "")
+    ax.set(xlabel="round", ylabel=metric, title=title, ylim=(0, 1.02))
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -242,7 +292,10 @@ def heatmaps(rows: list[dict[str, Any]], out: Path) -> list[Path]:
             text, color = ("n/a", "dimgrey") if math.isnan(v) else (f"{v:.2f}", "w" if v < 0.6 else "k")
             ax.text(j, i, text, ha="center", va="center", color=color, fontsize=8)
         fig.colorbar(image, ax=ax)
-        ax.set_title(f"{metric} (attack x defense)")
+        role = {"source_recall": "source", "asr": "target"}.get(metric)
+        valued = [r for r in rows if r.get(f"{metric}_mean") is not None]
+        named = the_one({r.get(f"{role}_name") or "" for r in valued}) if role else ""
+        ax.set_title(f"{metric} (attack x defense)" + (f", {role} {named}" if named else ""))
         fig.tight_layout()
         paths.append(out / f"heatmap_{metric}.png")
         fig.savefig(paths[-1], dpi=110)

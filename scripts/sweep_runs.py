@@ -56,6 +56,8 @@ from typing import Any
 
 import yaml
 
+from server.results import attack_class_names, attack_classes, run_class_names
+
 RATE_METRICS = ("accuracy", "source_recall", "target_recall", "other_recall", "asr")
 #: privacy spent by the end of the run: the last round's value (cumulative), not a window mean
 FINAL_METRICS = ("epsilon_max", "central_epsilon")
@@ -110,6 +112,28 @@ class Run:
     def label(self) -> str:
         """The condition as one string."""
         return condition_label(self.condition)
+
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        """The names of its dataset's classes (from ``config.json``); None when the config names no known dataset."""
+        return run_class_names(self.config)
+
+    @property
+    def attack_classes(self) -> dict[str, int]:
+        """The attack's ``source`` / ``target`` class ids (keys present when the attack has them)."""
+        return attack_classes(self.config)
+
+    @property
+    def attack_class_names(self) -> dict[str, str]:
+        """The names of the attack's ``source`` / ``target`` classes, e.g. ``{"source": "Shirt", ...}``."""
+        return attack_class_names(self.config)
+
+
+def classes_label(names: dict[str, str]) -> str:
+    """The attack's classes in a few words: ``Shirt -> T-shirt/top``, ``target Sandal``, or ``""`` for none."""
+    if "source" in names and "target" in names:
+        return f"{names['source']} -> {names['target']}"
+    return " ".join(f"{role} {name}" for role, name in names.items())
 
 
 def condition_label(condition: tuple[str, ...]) -> str:

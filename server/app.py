@@ -3,9 +3,10 @@
 One run: enrol the SuperNodes (which client id each serves), build the global
 model and the strategy (a rule inside ``RobustStrategy``), then run
 ``strategy.start`` with central evaluation of the global model after every
-round, appending one line per round to ``metrics.jsonl``. At the end (also when
-the run diverges or fails) it writes ``summary.json`` with the run's status, and
-the plots.
+round, appending one line per round to ``metrics.jsonl`` (and, with
+``output.tensorboard=true``, TensorBoard scalars to ``tensorboard/``). At the end
+(also when the run diverges or fails) it writes ``summary.json`` with the run's
+status, and the plots.
 
 :func:`run_federation` takes the run's objects (a ``scripts.build.Run``: the
 resolved config, dataset, partitions, model factory, codec, rule, attack and
@@ -215,19 +216,23 @@ def run_federation(grid: Grid, run: Any) -> None:
     seed, fed = run.seed, run.federation
     random.seed(seed)
     np.random.seed(seed)
-    recorder = RunRecorder(out_dir, fed.num_rounds)
     extra = {"num_clients": fed.num_clients, "clients_per_round": fed.clients_per_round,
              "num_rounds": fed.num_rounds, "malicious_clients": sorted(run.threat.malicious)}  # fmt: skip
+    recorder = None
     try:
+        recorder = RunRecorder(out_dir, fed.num_rounds, cfg=cfg, tensorboard=run.output.tensorboard)
         status, reason = _run_rounds(grid, run, out_dir, recorder), None
     except RunDiverged as err:
         status, reason = "diverged", str(err)
     except BaseException as err:
         write_summary(out_dir, {**extra, "status": "failed", "reason": f"{type(err).__name__}: {err}"})
         raise
+    finally:
+        if recorder is not None:
+            recorder.close()
     write_summary(out_dir, {**extra, "status": status, "reason": reason})
     if run.output.plots:
-        write_plots(out_dir)
+        write_plots(out_dir, cfg)
 
 
 def _run_rounds(grid: Grid, run: Any, out_dir: Path, recorder: RunRecorder) -> str:

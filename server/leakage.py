@@ -21,8 +21,9 @@ Gradients):
 The attacked participants of a round are the ``leakage.clients`` lowest client
 ids sampled. Results go to ``leakage.json`` (one entry per reconstructed image:
 round, client, step, MSE, PSNR, SSIM, label and whether it is right) and to
-``leakage_round_<r>.png`` (originals above, reconstructions below); each
-attempted round's metrics line gets a ``leakage`` summary.
+``leakage_round_<r>.png`` (originals above with their class, reconstructions
+below with their PSNR and the class the attack recovered, in red when wrong);
+each attempted round's metrics line gets a ``leakage`` summary.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import json
 import math
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,7 @@ from flwr.app import RecordDict
 from torch import Tensor
 
 from attacks.leakage import best_match, mse, psnr, reconstruct, ssim
-from common.data import normalize, to_float
+from common.data import class_names, normalize, to_float
 from common.plotting import pyplot
 from common.runtime import CAPTURE_STEPS_KEY
 from common.streams import Stream, stream
@@ -196,7 +198,8 @@ class LeakageAttack:
         pairs = [row.pop("_pair") for row in rows]
         self.results += rows
         (self.out_dir / "leakage.json").write_text(json.dumps(self.results, indent=1) + "\n")
-        write_grid(self.out_dir / f"leakage_round_{server_round}.png", pairs, rows)
+        names = class_names(self.run.cfg["dataset"]["name"])
+        write_grid(self.out_dir / f"leakage_round_{server_round}.png", pairs, rows, names)
 
 
 def _count(record: dict[str, Tensor], prefix: str) -> int:
@@ -220,8 +223,17 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def write_grid(path: Path, pairs: list[tuple[Tensor, Tensor]], rows: list[dict[str, Any]]) -> None:
-    """Originals (top row) above their reconstructions (bottom row), with each one's PSNR."""
+def write_grid(
+    path: Path, pairs: list[tuple[Tensor, Tensor]], rows: list[dict[str, Any]], names: Sequence[str] | None = None
+) -> None:
+    """Originals (top row, with their class) above their reconstructions (bottom row, with PSNR and recovered class).
+
+    ``names`` are the dataset's class names (class ids when omitted); a recovered class that is wrong is red.
+    """
+
+    def name(c: int) -> str:
+        return names[c] if names is not None and 0 <= c < len(names) else str(c)
+
     plt = pyplot()
     n = len(pairs)
     fig, axes = plt.subplots(2, n, figsize=(1.4 * n + 0.4, 3.2), squeeze=False)
@@ -231,8 +243,9 @@ def write_grid(path: Path, pairs: list[tuple[Tensor, Tensor]], rows: list[dict[s
             img = image.permute(1, 2, 0).clamp(0, 1).numpy()
             ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([]), ax.set_yticks([])
-        axes[1][j].set_xlabel(f"{row['psnr']:.1f} dB", fontsize=7)
-        axes[0][j].set_title(f"c{row['client']} s{row['step']}", fontsize=7)
+        color = "black" if row["label_correct"] else "tab:red"
+        axes[1][j].set_xlabel(f"{row['psnr']:.1f} dB\n{name(row['label'])}", fontsize=7, color=color)
+        axes[0][j].set_title(f"c{row['client']} s{row['step']}\n{name(row['true_label'])}", fontsize=7)
     axes[0][0].set_ylabel("original", fontsize=8)
     axes[1][0].set_ylabel("reconstructed", fontsize=8)
     fig.suptitle(f"{rows[0]['method']} ({rows[0]['target']}), round {rows[0]['round']}", fontsize=9)

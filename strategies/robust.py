@@ -26,6 +26,7 @@ from flwr.serverapp.strategy import Strategy
 from torch import Tensor
 
 from common.params import ModelCodec, UpdateRejected, finite_or_raise
+from strategies.client_errors import failure_entry, strip_ansi
 from strategies.rules.base import RoundContext, RuleConfigError
 
 log = logging.getLogger("poisonlab")
@@ -198,8 +199,10 @@ class RobustStrategy(Strategy):
         for msg in replies:
             cid = self.client_of.get(msg.metadata.src_node_id, -1)
             if msg.has_error():
-                rec.failed[cid] = str(msg.error.reason)
-                log.warning("round %d: client %d failed: %s", server_round, cid, msg.error.reason)
+                reason = str(msg.error.reason)
+                rec.failed[cid] = failure_entry(reason)
+                log.warning("round %d: client %d failed: %s (Flower error code %s); its full reason:\n%s",
+                            server_round, cid, rec.failed[cid], msg.error.code, strip_ansi(reason))  # fmt: skip
                 continue
             rec.replied.append(cid)
             content = msg.content

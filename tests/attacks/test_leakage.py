@@ -26,7 +26,7 @@ from attacks.leakage import (
     ssim,
     total_variation,
 )
-from common.data import DatasetTensors, load_dataset, normalize, prepare_dataset, spec_of, to_float
+from common.data import DatasetTensors, load_dataset, normalize, spec_of, to_float
 from common.models import SigmoidLeNet
 
 
@@ -40,9 +40,9 @@ def _one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def mnist() -> DatasetTensors:
-    """Real MNIST (from ../shared/data through the user cache)."""
-    return load_dataset("mnist", str(prepare_dataset("mnist")))
+def mnist(mnist_root: str) -> DatasetTensors:
+    """Real MNIST (from ../shared/data through the user cache; skips when it is absent)."""
+    return load_dataset("mnist", mnist_root)
 
 
 def _gen(seed: int = 0) -> torch.Generator:

@@ -6,11 +6,15 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from torchvision.datasets import CIFAR10, MNIST
 
 from common.data import (
+    DataCorruptError,
     DataMissingError,
     augment_batch,
     candidate_roots,
+    corrupt_files,
+    find_root,
     load_dataset,
     prepare_dataset,
     user_cache_root,
@@ -18,6 +22,7 @@ from common.data import (
 
 
 def test_root_order_config_then_env_then_shared_then_cache(tmp_path, monkeypatch):
+    monkeypatch.delenv("POISONLAB_OFFLINE", raising=False)
     monkeypatch.setenv("POISONLAB_DATA", str(tmp_path / "env"))
     assert candidate_roots(str(tmp_path / "cfg")) == [((tmp_path / "cfg").resolve(), False)]
     assert candidate_roots(None) == [((tmp_path / "env").resolve(), False)]
@@ -55,6 +60,68 @@ def test_offline_without_data_fails_with_the_expected_files(tmp_path, monkeypatc
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     with pytest.raises(DataMissingError, match="train-images-idx3-ubyte.gz"):
         prepare_dataset("fashion_mnist", str(tmp_path / "nothing"))
+
+
+def test_poisonlab_offline_turns_the_only_download_off(tmp_path, monkeypatch):
+    monkeypatch.delenv("POISONLAB_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    for value, allowed in (("1", False), ("true", False), ("yes", False), ("0", True), ("false", True), ("", True)):
+        monkeypatch.setenv("POISONLAB_OFFLINE", value)
+        assert candidate_roots(None)[-1] == (tmp_path / "cache" / "poisonlab" / "data", allowed), value
+
+
+def test_missing_data_names_the_files_and_every_root_and_downloads_only_when_allowed(mirror, tmp_path, monkeypatch):
+    monkeypatch.delenv("POISONLAB_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("POISONLAB_OFFLINE", "1")
+    if find_root("cifar10") is not None:
+        pytest.skip("CIFAR-10 is on this machine, so it cannot be missing")
+    roots = [root for root, _ in candidate_roots(None)]
+    with pytest.raises(DataMissingError) as err:
+        prepare_dataset("cifar10")
+    text = str(err.value)
+    assert str(roots[0] / "cifar-10-batches-py" / "test_batch") in text
+    assert all(f"{root}  (" in text for root in roots), "a root looked in is not named"
+    assert "downloads disabled by POISONLAB_OFFLINE" in text and "download failed" not in text
+    assert mirror.requests == []
+    monkeypatch.delenv("POISONLAB_OFFLINE")
+    with pytest.raises(DataMissingError):
+        prepare_dataset("cifar10", download=False)
+    assert mirror.requests == []
+    with pytest.raises(DataMissingError, match="download failed: HTTP Error 404"):
+        prepare_dataset("cifar10")
+    assert mirror.requests and set(mirror.requests) == {f"/{CIFAR10.filename}"}
+
+
+def test_a_corrupt_archive_is_named_offline_and_fetched_again_when_downloads_are_allowed(
+    shared_data, mirror, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("POISONLAB_OFFLINE", "1")
+    for f in (shared_data / "MNIST" / "raw").glob("*.gz"):
+        shutil.copyfile(f, mirror.folder / f.name)
+    foreign = tmp_path / "foreign" / "MNIST" / "raw"
+    foreign.mkdir(parents=True)
+    for f in (shared_data / "MNIST" / "raw").glob("*.gz"):
+        shutil.copyfile(f, foreign / f.name)
+    labels = foreign / "t10k-labels-idx1-ubyte.gz"
+    blob = bytearray(labels.read_bytes())
+    blob[100] ^= 0xFF
+    labels.write_bytes(bytes(blob))
+    assert list(corrupt_files("mnist", tmp_path / "foreign")) == [labels]
+
+    with pytest.raises(DataCorruptError) as err:
+        prepare_dataset("mnist", str(tmp_path / "foreign"))
+    text = str(err.value)
+    assert f"{labels}: md5 " in text and f"expected {dict(MNIST.resources)[labels.name]}" in text
+    assert not list(user_cache_root().rglob("*-ubyte")), "extracted a corrupt dataset"
+    assert mirror.requests == []
+
+    monkeypatch.delenv("POISONLAB_OFFLINE")
+    root = prepare_dataset("mnist", str(tmp_path / "foreign"))
+    assert root == user_cache_root() and set(mirror.requests) == {f"/{labels.name}"}, "fetched more than the bad file"
+    assert corrupt_files("mnist", root) == {}
+    assert torch.equal(torch.bincount(load_dataset("mnist", str(root)).test_y)[:2], torch.tensor([980, 1135]))
 
 
 def write_fake_cifar10(folder, n_per_batch: int = 20):

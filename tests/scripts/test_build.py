@@ -44,9 +44,8 @@ def test_default_config_validates(fmnist_root):
         (["device=gpu"], "device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
         (["strategy.weighted=maybe"], "weighted must be true or false, got 'maybe'"),
         (["strategy.on_failure=ignore"], "strategy.on_failure must be raise or skip"),
-        (["engine.client_cpus=0"], "engine.client_cpus must be > 0, got 0"),
-        (["partition=dirichlet", "partition.alpha=0"], "partition.alpha must be > 0, got 0"),
-        (["partition.samples_per_client=5000"], "exceeds the 60000 training samples"),
+        (["engine.client_cpus=0"], "engine.client_cpus must be a whole number >= 1"),
+        (["engine.client_cpus=0.5"], "engine.client_cpus must be a whole number >= 1"),
         (["attack=label_flip", "attack.target=6"], "source and target must differ, got source=6, target=6"),
         (["attack=label_flip", "attack.share=1.5"], "share must be in [0, 1], got share=1.5"),
         (["attack=label_flip", "attack.num_malicious=51"], "got num_malicious=51; lower it or raise num_clients"),
@@ -74,7 +73,20 @@ def test_bad_values_are_named_in_the_error(overrides, message):
     assert message in str(err.value)
 
 
-def test_fraction_is_used_when_num_malicious_is_null_and_the_set_is_seeded():
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["partition=dirichlet", "partition.alpha=0"], "partition.alpha must be > 0, got 0"),
+        (["partition.samples_per_client=5000"], "exceeds the 60000 training samples"),
+    ],
+)
+def test_bad_partitions_are_named_in_the_error_once_the_labels_are_read(overrides, message, fmnist_root):
+    with pytest.raises(ConfigError) as err:
+        validate(composed(*overrides))
+    assert message in str(err.value)
+
+
+def test_fraction_is_used_when_num_malicious_is_null_and_the_set_is_seeded(fmnist_root):
     a = validate(composed("attack=label_flip", "attack.num_malicious=null", "attack.fraction=0.2"))
     b = validate(composed("attack=label_flip", "attack.num_malicious=10", "seed=1"))
     assert len(a["attack"]["malicious_clients"]) == 10
@@ -83,7 +95,7 @@ def test_fraction_is_used_when_num_malicious_is_null_and_the_set_is_seeded():
     assert validate(composed("attack=none"))["attack"]["malicious_clients"] == []
 
 
-def test_every_strategy_and_attack_option_composes_with_a_valid_federation():
+def test_every_strategy_and_attack_option_composes_with_a_valid_federation(fmnist_root):
     from pathlib import Path
 
     conf = Path(__file__).resolve().parents[2] / "conf"
@@ -93,13 +105,13 @@ def test_every_strategy_and_attack_option_composes_with_a_valid_federation():
         validate(composed(f"attack={option}", "federation.clients_per_round=10"))
 
 
-def test_the_pca_defense_watches_the_attacked_class_and_the_model_output_layer():
+def test_the_pca_defense_watches_the_attacked_class_and_the_model_output_layer(fmnist_root):
     resolved = validate(composed("strategy=pca_detect", "attack=label_flip", "attack.source=4", "attack.target=6"))
     assert resolved["strategy"]["source"] == 4
     assert resolved["strategy"]["layer"] == "fc.weight"
 
 
-def test_the_run_objects_are_built_once_and_kept():
+def test_the_run_objects_are_built_once_and_kept(fmnist_root):
     run = build_run(composed("attack=label_flip", "strategy=krum", "federation.clients_per_round=10"))
     assert run.rule is run.rule and run.attack is run.attack and run.partitions is run.partitions
     assert list(run.threat.malicious) == run.cfg["attack"]["malicious_clients"]

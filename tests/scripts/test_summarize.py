@@ -328,3 +328,23 @@ def test_privacy_runs_report_their_final_epsilon_and_their_leakage_by_round(tmp_
     assert float(rows[1]["reconstructed_mean"]) == 0.0
     assert "| dp=opacus | 1 | 2 | 50.0 +- 14.1 |" in (tmp_path / "leakage_by_round.md").read_text()
     assert (tmp_path / "leakage_psnr_by_round.png").stat().st_size > 5_000
+
+
+def test_the_attack_classes_are_named_after_the_dataset_in_the_tables(tmp_path):
+    for job, (malicious, dataset) in enumerate([(10, "fashion_mnist"), (20, "fashion_mnist"), (10, "mnist")]):
+        overrides = [f"attack.num_malicious={malicious}", f"dataset={dataset}"]
+        fake_run(tmp_path / str(job), overrides, 0, [0.5, 0.6], [0.3, 0.2], malicious)
+        cfg = json.loads((tmp_path / str(job) / "config.json").read_text())
+        cfg["dataset"] = {"name": dataset}
+        cfg["attack"] |= {"source": 6, "target": 0}
+        (tmp_path / str(job) / "config.json").write_text(json.dumps(cfg))
+    main([str(tmp_path)])
+    rows = table(tmp_path)
+    fmnist = rows["attack.num_malicious=10 dataset=fashion_mnist"]
+    assert (fmnist["dataset"], fmnist["source_class"], fmnist["source_name"]) == ("fashion_mnist", "6", "Shirt")
+    assert (fmnist["target_class"], fmnist["target_name"]) == ("0", "T-shirt/top")
+    assert rows["attack.num_malicious=10 dataset=mnist"]["source_name"] == "6"
+    md = (tmp_path / "sweep_summary.md").read_text()
+    assert "| condition | attack classes | n | excluded |" in md
+    assert "| attack.num_malicious=20 dataset=fashion_mnist | Shirt -> T-shirt/top | 1 | 0 |" in md
+    assert "| attack.num_malicious=10 dataset=mnist | 6 -> 0 | 1 | 0 |" in md

@@ -7,7 +7,8 @@
 own handlers (``scripts.apps._enrol`` for QUERY, ``scripts.apps._train`` for
 TRAIN: exactly what Flower calls), on a copy of the message as a transport
 would deliver it, and replies the way Flower does (``Message(..., reply_to=)``,
-a message id stamped by the "SuperLink"). A plan per (round, client id) can
+a message id stamped by the "SuperLink"; a handler that raises gets the ``Error``
+a SuperNode sends, reason ``<class 'T'>:<'message'>``). A plan per (round, client id) can
 turn a reply into an ``Error`` (a crashed client), drop it (no reply before the
 round timeout) or tamper with its arrays (a malformed update).
 
@@ -163,8 +164,8 @@ class FakeGrid(Grid):
                 else:
                     raise ValueError(f"no handler for message type {kind!r}")
             except Exception as err:  # what Flower's ClientApp runner sends back for a raising handler
-                reply = Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"{type(err).__name__}: {err}"),
-                                reply_to=delivered)  # fmt: skip
+                reason = str(type(err)) + ":<'" + str(err) + "'>"  # flwr.supernode.runtime.run_clientapp
+                reply = Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=delivered)
             if callable(action) and not reply.has_error():
                 state = action(reply.content["arrays"].to_torch_state_dict())
                 content = RecordDict({"arrays": ArrayRecord(state), "metrics": reply.content["metrics"]})

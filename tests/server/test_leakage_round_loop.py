@@ -14,15 +14,8 @@ import math
 import pytest
 from fake_grid import federate
 
-from common.data import prepare_dataset
-
 LEAK = ["dataset=mnist", "model=lenet", "leakage=idlg", "leakage.iterations=15", "leakage.restarts=1",
         "client.batch_size=1", "federation.num_rounds=2", "client.channels_last=false"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def mnist_root() -> str:
-    return str(prepare_dataset("mnist"))
 
 
 def test_per_step_gradients_are_captured_by_the_attacked_clients_only_and_inverted(tmp_path, mnist_root):
