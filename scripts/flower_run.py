@@ -10,8 +10,8 @@ spawns), :class:`scripts.engines.LocalDeployment` starts it plain and adds one
 A :class:`FlowerSession` belongs to one run folder and keeps everything of
 Flower's there: its state and app cache (``FLWR_HOME``) and every process's
 output live in ``<run folder>/flower/``; Flower's log of the run (the
-ServerApp's and the simulation's) is appended to ``<run folder>/run.log`` when
-the run ends. It submits a one-file app (``pyproject.toml`` naming
+ServerApp's, the simulation's, Ray's) streams into ``<run folder>/run.log``
+while it runs. It submits a one-file app (``pyproject.toml`` naming
 poisonlab's ServerApp and ClientApp, with ``--disable-runtime-dependency-installation``),
 so the apps run from the installed poisonlab, never from a copy of a source
 tree, and submission does not walk the checkout. Every process it starts is
@@ -23,10 +23,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
@@ -34,15 +36,18 @@ from pathlib import Path
 from typing import Any
 
 from common.runtime import CONFIG_KEY
+from strategies.client_errors import strip_ansi
 
 log = logging.getLogger("poisonlab.flower")
 
 CONNECTION = "poisonlab"
+# The ServerApp writes summary.json last; Flower then spends seconds shutting Ray and the run down. The engine
+# waits this long for that to end by itself (and Flower's last log lines) before it stops every process.
+FINISH_GRACE_S = 1.0
+# In the environment of every process a run starts (and so of their children): which run it belongs to.
+RUN_MARK = "POISONLAB_RUN"
 FLOWER_FOLDER = "flower"
 RUN_LOG = "run.log"
-# While summary.json is absent the run is followed through metrics.jsonl (cheap) and its status is asked of
-# the SuperLink only this often (each `flwr ls` is a Python start-up, about 1 s of a core).
-STATUS_EVERY_S = 15.0
 
 
 def flower_bin(name: str) -> str:
@@ -91,12 +96,17 @@ class ProcessGroup:
     """Processes started for one run, each in its own session, stopped together (SIGTERM, then SIGKILL).
 
     Stopping signals each process's whole process group, so what a process
-    spawned (the SuperLink's ServerApp or simulation process, Ray's workers)
-    goes with it.
+    spawned (the SuperLink's ServerApp or simulation process) goes with it.
+    Ray starts some of its processes in sessions of their own; every process
+    started here carries ``POISONLAB_RUN=<id>`` in its environment, which its
+    descendants inherit, so whatever is still alive with that mark is killed
+    last (Linux: read from ``/proc``).
     """
 
     def __init__(self, log_dir: Path, env: dict[str, str]) -> None:
-        self.log_dir, self.env = log_dir, env
+        self.log_dir = log_dir
+        self.mark = f"{log_dir.resolve()}:{os.getpid()}:{time.time_ns()}"
+        self.env = {**env, RUN_MARK: self.mark}
         self.procs: list[tuple[str, subprocess.Popen]] = []
 
     def start(self, name: str, argv: list[str]) -> subprocess.Popen:
@@ -120,12 +130,37 @@ class ProcessGroup:
                 pass
             _signal_group(proc, signal.SIGKILL)  # also children that outlived their parent
             proc.wait()
+        for pid in marked_processes(RUN_MARK, self.mark):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     def __enter__(self) -> ProcessGroup:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def marked_processes(key: str, value: str) -> list[int]:
+    """Live processes whose environment has ``key=value`` (empty where ``/proc`` is not readable)."""
+    needle, found = f"{key}={value}".encode(), []
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return found
+    for entry in proc.iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if needle in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _signal_group(proc: subprocess.Popen, sig: signal.Signals) -> None:
@@ -199,11 +234,20 @@ class FlowerSession:
         self.link: subprocess.Popen | None = None
 
     def __enter__(self) -> FlowerSession:
+        # `kill <poisonlab>` (SIGTERM) must stop the run's processes as Ctrl-C does, not orphan them
+        self._sigterm = None
+        if threading.current_thread() is threading.main_thread():
+            self._sigterm = signal.signal(signal.SIGTERM, _terminate)
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.group.stop()
-        log.info("stopped every process of the run")
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        try:
+            # After a finished run nothing is left to save (Flower's state is in memory): stop at once.
+            self.group.stop(grace=2.0 if exc_type is None else 10.0)
+            log.info("stopped every process of the run")
+        finally:
+            if self._sigterm is not None:
+                signal.signal(signal.SIGTERM, self._sigterm)
 
     def start_superlink(self, *, simulation: bool) -> subprocess.Popen:
         """Start the SuperLink (``--simulation``: Flower's simulation runtime) and wait until it listens."""
@@ -223,90 +267,124 @@ class FlowerSession:
         except json.JSONDecodeError:
             raise RuntimeError(f"flwr {' '.join(args)} failed ({out.returncode}): {out.stdout}\n{out.stderr}") from None
 
-    def submit(self, cfg: dict[str, Any], federation_config: dict[str, Any] | None = None) -> int:
-        """Submit ``cfg`` (the resolved poisonlab config) as a Flower run; its run id."""
+    def stage(self, cfg: dict[str, Any]) -> tuple[Path, Path]:
+        """Write the app ``flwr run`` submits and the run config holding ``cfg``; their paths."""
         app = self.folder / "app"
         app.mkdir(exist_ok=True)
         (app / "pyproject.toml").write_text(app_pyproject())
         run_config = self.folder / "run-config.toml"
         run_config.write_text(f"{CONFIG_KEY} = {json.dumps(json.dumps(cfg))}\n")
-        args = ["run", str(app), CONNECTION, "--run-config", str(run_config)]
-        if federation_config:
-            args += ["--federation-config", " ".join(f"{k}={_toml(v)}" for k, v in federation_config.items())]
-        submitted = self.flwr(args)
-        if not submitted.get("success", False) or "run-id" not in submitted:
-            raise RuntimeError(f"flwr run was refused: {submitted}")
-        log.info("submitted run %s", submitted["run-id"])
-        return int(submitted["run-id"])
+        return app, run_config
 
     def status(self, run_id: int) -> str:
         """The run's status as the SuperLink reports it (e.g. ``running``, ``finished:completed``)."""
         runs = self.flwr(["ls", CONNECTION, "--run-id", str(run_id)]).get("runs", [])
         return str(runs[0].get("status", "")) if runs else ""
 
-    def wait(self, run_id: int, timeout: float, on_round: Callable[[dict[str, Any]], None]) -> str:
-        """Follow ``metrics.jsonl`` (``on_round`` per new round) until the run finishes; its final status.
-
-        Raises
-        ------
-        RuntimeError
-            When the SuperLink exits before the run finished.
-        TimeoutError
-            When the run has not finished after ``timeout`` seconds.
-        """
-        metrics = self.out_dir / "metrics.jsonl"
-        summary = self.out_dir / "summary.json"
-        deadline = time.monotonic() + timeout
-        seen, status, asked = 0, "", 0.0
-        while time.monotonic() < deadline:
-            seen = _follow(metrics, seen, on_round)
-            if self.link is not None and self.link.poll() is not None:
-                raise RuntimeError(f"the SuperLink exited ({self.link.returncode}); see {self.folder}/superlink.log")
-            now = time.monotonic()
-            if summary.exists() or now - asked >= STATUS_EVERY_S:
-                asked, status = now, self.status(run_id)
-                if status.startswith("finished"):
-                    break
-            time.sleep(0.5)
-        _follow(metrics, seen, on_round)
-        log.info("run %d: %s", run_id, status)
-        if not status.startswith("finished"):
-            raise TimeoutError(f"run {run_id} did not finish within engine.timeout={timeout}s (status {status!r})")
-        return status
-
-    def save_log(self, run_id: int) -> Path:
-        """Append Flower's log of the run (ServerApp, simulation, Ray) to ``<run folder>/run.log``."""
-        out = subprocess.run(
-            [flower_bin("flwr"), "log", str(run_id), CONNECTION, "--show"], env=self.env, capture_output=True,
-            text=True, timeout=120, cwd=self.folder,
-        )  # fmt: skip
-        path = self.out_dir / RUN_LOG
-        with path.open("a") as log:
-            log.write(f"\n===== Flower's log of run {run_id} (flwr log) =====\n{out.stdout}{out.stderr}")
-        return path
-
-    def stream_log(self, run_id: int) -> None:
-        """Show Flower's log of the run on this process's console while it runs (``output.verbose``)."""
-        proc = subprocess.Popen(
-            [flower_bin("flwr"), "log", str(run_id), CONNECTION, "--stream"], env=self.env, cwd=self.folder,
-            start_new_session=True,
-        )  # fmt: skip
-        self.group.procs.append(("flwr-log", proc))
-
     def run(
         self, cfg: dict[str, Any], *, timeout: float, on_round: Callable[[dict[str, Any]], None],
         federation_config: dict[str, Any] | None = None, verbose: bool = False,
     ) -> None:  # fmt: skip
-        """Submit ``cfg``, follow it to its end, keep Flower's log; raise unless it completed with a summary."""
-        run_id = self.submit(cfg, federation_config)
-        if verbose:
-            self.stream_log(run_id)
-        try:
-            status = self.wait(run_id, timeout, on_round)
-        finally:
-            self.save_log(run_id)
-        if status != "finished:completed" or not (self.out_dir / "summary.json").exists():
-            raise RuntimeError(f"run {run_id} ended with status {status!r}; see {self.out_dir / RUN_LOG}")
+        """Submit ``cfg`` and follow it to its end; raise unless it ended with a complete or diverged summary.
+
+        One ``flwr run --stream`` submits the run, streams Flower's log of it
+        (ServerApp, simulation, Ray) into ``run.log`` (and to the console when
+        ``verbose``) and exits when the run has finished; meanwhile every new
+        round of ``metrics.jsonl`` goes to ``on_round``.
+
+        Raises
+        ------
+        RuntimeError
+            When submission is refused, the SuperLink exits, or the run ends
+            without a summary or with ``status: failed``.
+        TimeoutError
+            When the run has not finished after ``timeout`` seconds.
+        """
+        app, run_config = self.stage(cfg)
+        argv = [flower_bin("flwr"), "run", str(app), CONNECTION, "--run-config", str(run_config), "--stream"]
+        if federation_config:
+            argv += ["--federation-config", " ".join(f"{k}={_toml(v)}" for k, v in federation_config.items())]
+        stream = LogStream(self.out_dir / RUN_LOG, echo=verbose)
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env, cwd=self.folder,
+            start_new_session=True, text=True, errors="replace",
+        )  # fmt: skip
+        self.group.procs.append(("flwr-run", proc))
+        stream.follow(proc)
+        metrics, summary = self.out_dir / "metrics.jsonl", self.out_dir / "summary.json"
+        deadline, seen, complete_since = time.monotonic() + timeout, 0, None
+        while proc.poll() is None:
+            seen = _follow(metrics, seen, on_round)
+            if complete_since is None and summary.exists():
+                complete_since = time.monotonic()
+            if complete_since is not None and time.monotonic() - complete_since > FINISH_GRACE_S:
+                log.info("summary.json written %.0fs ago; stopping without waiting for Flower's shutdown",
+                         FINISH_GRACE_S)  # fmt: skip
+                break
+            if self.link is not None and self.link.poll() is not None:
+                raise RuntimeError(f"the SuperLink exited ({self.link.returncode}); see {self.folder}/superlink.log")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"run {stream.run_id} did not finish within engine.timeout={timeout}s")
+            time.sleep(0.25)
+        stream.join(timeout=0.0 if proc.poll() is None else 10.0)
+        _follow(metrics, seen, on_round)
+        if stream.run_id is None:
+            raise RuntimeError(f"flwr run was refused (exit {proc.returncode}): {stream.tail()}")
+        log.info("run %d finished (flwr run exit %s)", stream.run_id, proc.returncode)
+        self._check_outcome(stream.run_id)
+
+    def _check_outcome(self, run_id: int) -> None:
+        """Raise unless the run's ``summary.json`` says it completed (or diverged, a valid end)."""
+        path = self.out_dir / "summary.json"
+        if not path.exists():
+            status = self.status(run_id)
+            raise RuntimeError(f"run {run_id} ended without a summary (Flower status {status!r}); see {RUN_LOG}")
+        summary = json.loads(path.read_text())
+        if summary.get("status") == "failed":
+            raise RuntimeError(f"run {run_id} failed: {summary.get('reason')}; see {self.out_dir / RUN_LOG}")
+
+
+class LogStream:
+    """Copies ``flwr run --stream``'s output to ``run.log`` (and the console) as it comes; finds the run id.
+
+    A thread reads the pipe so the CLI never blocks on a full pipe while the
+    main thread follows the rounds.
+    """
+
+    _STARTED = re.compile(r"Successfully started run (\d+)")
+
+    def __init__(self, path: Path, *, echo: bool) -> None:
+        self.path, self.echo = path, echo
+        self.run_id: int | None = None
+        self.lines: list[str] = []
+        self._thread: threading.Thread | None = None
+
+    def follow(self, proc: subprocess.Popen) -> None:
+        """Start copying ``proc``'s output."""
+        self._thread = threading.Thread(target=self._copy, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _copy(self, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None
+        with self.path.open("a") as out:
+            out.write("===== Flower's log of the run (flwr run --stream) =====\n")
+            for line in proc.stdout:
+                out.write(strip_ansi(line))
+                out.flush()
+                self.lines = [*self.lines[-49:], line]
+                if self.run_id is None and (found := self._STARTED.search(line)):
+                    self.run_id = int(found[1])
+                if self.echo:
+                    sys.stderr.write(line)
+
+    def join(self, timeout: float = 10.0) -> None:
+        """Wait until the output is copied to its end."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def tail(self) -> str:
+        """The last lines of the output (for error messages)."""
+        return "".join(self.lines[-20:])
 
 
 def _follow(metrics: Path, seen: int, on_round: Callable[[dict[str, Any]], None]) -> int:

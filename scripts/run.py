@@ -31,6 +31,7 @@ from scripts.build import Run, build_run
 from scripts.config import ConfigError
 from scripts.console import Progress, SweepClock, summary_line, sweep_clock, sweep_size
 from scripts.flower_run import RUN_LOG
+from server.results import write_summary
 
 log = logging.getLogger("poisonlab")
 
@@ -99,11 +100,32 @@ def execute(run: Run, *, job: tuple[int, SweepClock] | None = None) -> dict[str,
         progress = Progress(run.federation.num_rounds, live=False if verbose else None, job=job, cfg=run.cfg)
         try:
             run.engine.run(run, progress, verbose=verbose)
-        finally:
+        except BaseException as err:
             progress.close()
+            mark_unfinished(run, err)
+            raise
+        progress.close()
         summary = json.loads((out_dir / "summary.json").read_text())
         print(summary_line(summary), flush=True)
         return summary
+
+
+def mark_unfinished(run: Run, err: BaseException) -> None:
+    """Write ``summary.json`` as ``failed`` (with the reason) when the run stopped before its ServerApp wrote one.
+
+    An interrupted (Ctrl-C, ``kill``) or crashed run keeps every round it
+    finished in ``metrics.jsonl``; its summary says it is incomplete, so no
+    table averages it as if it were a result.
+    """
+    out_dir = Path(run.cfg["output_dir"])
+    if (out_dir / "summary.json").exists():
+        return
+    interrupted = isinstance(err, KeyboardInterrupt | SystemExit)
+    reason = "interrupted (Ctrl-C or SIGTERM)" if interrupted else f"{type(err).__name__}: {err}"
+    fed = run.federation
+    write_summary(out_dir, {"num_clients": fed.num_clients, "clients_per_round": fed.clients_per_round,
+                            "num_rounds": fed.num_rounds, "status": "failed", "reason": reason})  # fmt: skip
+    print(f"[poisonlab] stopped: {reason}; summary.json marks the run failed", file=sys.stderr, flush=True)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://conf", config_name="config")

@@ -5,8 +5,9 @@ model and the strategy (a rule inside ``RobustStrategy``), then run
 ``strategy.start`` with central evaluation of the global model after every
 round, appending one line per round to ``metrics.jsonl`` (and, with
 ``output.tensorboard=true``, TensorBoard scalars to ``tensorboard/``). At the end
-(also when the run diverges or fails) it writes ``summary.json`` with the run's
-status, and the plots.
+(also when the run diverges or fails) it writes the plots, then ``summary.json``
+with the run's status, last and atomically: its presence means the run folder
+is complete.
 
 :func:`run_federation` takes the run's objects (a ``scripts.build.Run``: the
 resolved config, dataset, partitions, model factory, codec, rule, attack and
@@ -230,9 +231,10 @@ def run_federation(grid: Grid, run: Any) -> None:
     finally:
         if recorder is not None:
             recorder.close()
-    write_summary(out_dir, {**extra, "status": status, "reason": reason})
     if run.output.plots:
         write_plots(out_dir, cfg)
+    # the last output: once summary.json is there, the run folder is complete (the engines stop on it)
+    write_summary(out_dir, {**extra, "status": status, "reason": reason})
 
 
 def _run_rounds(grid: Grid, run: Any, out_dir: Path, recorder: RunRecorder) -> str:

@@ -18,6 +18,7 @@ dataset named in the run's ``config.json``).
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from collections.abc import Mapping, Sequence
@@ -253,7 +254,10 @@ def write_summary(out_dir: Path, extra: dict[str, Any] | None = None) -> dict[st
     if leaked:
         summary["leakage"] = {str(r["round"]): r["leakage"] for r in leaked}
     summary.update(extra or {})
-    (Path(out_dir) / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    path = Path(out_dir) / SUMMARY_FILE
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(partial, path)  # atomic: a reader never sees half a summary
     return summary
 
 

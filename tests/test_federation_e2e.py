@@ -9,11 +9,15 @@ thread per client, deterministic sampling and aggregation).
 """
 
 import json
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
+
+from scripts.flower_run import marked_processes
 
 SMALL = [
     "federation.num_clients=3",
@@ -154,3 +158,25 @@ def test_a_dp_sgd_federation_on_ray_reports_each_clients_cumulative_epsilon(tmp_
     assert summary["status"] == "complete" and summary["final_epsilon_max"] == lines[2]["epsilon_max"]
     # a client that took part twice (Ray kept its ledger in context.state) has more than one round's epsilon
     assert any(sum(c in map(str, line["sampled"]) for line in lines[1:]) == 2 for c in seen)
+
+
+def test_sigterm_stops_every_process_of_the_run_and_marks_it_failed(tmp_path, fmnist_root):
+    argv = [sys.executable, "-m", "scripts.run", "model=mlp", "federation.num_clients=4",
+            "federation.clients_per_round=2", "federation.num_rounds=500", "partition.samples_per_client=64",
+            f"hydra.run.dir={tmp_path}"]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:  # round 1 is done
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "stopped: interrupted" in err
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["reason"].startswith("interrupted")
+    assert 1 <= summary["rounds_completed"] < 500
+    assert marked_processes("FLWR_HOME", str(tmp_path / "flower" / "home")) == []

@@ -11,13 +11,13 @@ same final model.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
 import poisonlab
+from scripts.flower_run import marked_processes
 from tests.server.fake_grid import SMALL, federate, final_model, lines_of
 
 OVERRIDES = [*SMALL, "attack=sign_flip", "attack.num_malicious=1", "seed=5"]
@@ -53,9 +53,8 @@ def test_the_simulation_engine_gives_the_in_process_round_loops_numbers(simulate
 
 
 def test_no_process_of_the_run_is_left(simulated):
-    folder = str(simulated["folder"])
-    left = subprocess.run(["pgrep", "-f", folder], capture_output=True, text=True).stdout.split()
-    assert left == [], f"processes of {folder} still running: {left}"
+    home = Path(simulated["folder"]) / "flower" / "home"
+    assert marked_processes("FLWR_HOME", str(home)) == []  # every process of the run inherited FLWR_HOME
 
 
 def test_a_bad_override_raises_the_command_lines_config_error_before_anything_starts(tmp_path):
