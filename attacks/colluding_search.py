@@ -2,10 +2,19 @@
 
 Shejwalkar & Houmansadr, "Manipulating the Byzantine: Optimizing Model
 Poisoning Attacks and Defenses for Federated Learning" (NDSS 2021), the
-AGR-agnostic attacks in their omniscient form. ``kind = "colluding"``: called
-as ``attack(honest, num_malicious, *, generator) -> (num_malicious, d)`` on the
-round's ``(h, d)`` honest deltas (contract and errors: :mod:`attacks._colluding`).
-Both need ``h >= 2`` honest updates: their bound is a distance between two of
+AGR-agnostic attacks. ``kind = "colluding"``: called as
+``attack(known, num_malicious, *, generator) -> (num_malicious, d)`` on the
+benign deltas the colluders know (contract and errors:
+:mod:`attacks._colluding`):
+
+* ``knowledge="omniscient"`` (default): the round's ``(h, d)`` honest deltas,
+  the paper's full-knowledge setting;
+* ``knowledge="partial"``: the colluders' own ``(c, d)`` benign deltas, the
+  paper's partial-knowledge setting: the benign reference (mean), the
+  perturbation and the distance bounds all come from the colluders' benign
+  updates, with the same search.
+
+Both need at least 2 known updates: their bound is a distance between two of
 them (:class:`CollusionInfeasible` otherwise).
 """
 
@@ -17,7 +26,17 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor
 
-from attacks._colluding import CollusionInfeasible, check_honest, check_m, finite, pairwise_sq, repeat
+from attacks._colluding import (
+    CollusionInfeasible,
+    Knowledge,
+    check_colluders,
+    check_honest,
+    check_knowledge,
+    check_m,
+    finite,
+    pairwise_sq,
+    repeat,
+)
 
 
 def _halving_search(ok: Callable[[float], bool], gamma_init: float, tau: float) -> float:
@@ -53,6 +72,7 @@ class _AgrAgnostic:
         perturbation: Literal["unit_vec", "std", "sign"] = "unit_vec",
         gamma_init: float = 10.0,
         tau: float = 1e-5,
+        knowledge: Knowledge = "omniscient",
     ) -> None:
         owner = type(self).__name__
         if perturbation not in ("unit_vec", "std", "sign"):
@@ -64,8 +84,18 @@ class _AgrAgnostic:
         self.tau = finite(owner, "tau", tau)
         if self.tau >= self.gamma_init:
             raise ValueError(f"{owner}: tau must be smaller than gamma_init, got tau={tau}, gamma_init={gamma_init}")
+        self.knowledge = check_knowledge(owner, knowledge)
+
+    def _check_rows(self, known: Tensor) -> tuple[int, int]:
+        """``(k, d)`` of the known updates: the round's honest ones, or the colluders' own (partial)."""
+        if self.knowledge == "partial":
+            return check_colluders(type(self).__name__, known)
+        return check_honest(type(self).__name__, known)
 
     def _check_pairs(self, honest: Tensor, why: str) -> None:
+        if self.knowledge == "partial":
+            check_colluders(type(self).__name__, honest, at_least=2, why=why)
+            return
         h, _ = check_honest(type(self).__name__, honest)
         if h < 2:
             raise CollusionInfeasible(f"{type(self).__name__} needs at least 2 honest updates ({why}), got h={h}")
@@ -76,8 +106,9 @@ class _AgrAgnostic:
         ``unit_vec``: ``-mean / ||mean||`` (zero when the mean is); ``std``:
         ``-std`` (unbiased, as in the authors' ``torch.std``; undefined, so
         :class:`CollusionInfeasible`, when ``h = 1``); ``sign``: ``-sign(mean)``.
+        All from the known updates (the colluders' own with partial knowledge).
         """
-        check_honest(type(self).__name__, honest)
+        self._check_rows(honest)
         mean = honest.mean(dim=0)
         if self.perturbation == "unit_vec":
             norm = torch.linalg.vector_norm(mean)
@@ -103,7 +134,7 @@ class _AgrAgnostic:
         return _halving_search(self._ok(a, b, c, pairwise_sq(honest)), self.gamma_init, self.tau)
 
     def __call__(self, honest: Tensor, num_malicious: int, *, generator: torch.Generator) -> Tensor:
-        _, d = check_honest(type(self).__name__, honest)
+        _, d = self._check_rows(honest)
         m = check_m(num_malicious)
         if m == 0:
             return honest.new_empty((0, d))
@@ -112,15 +143,18 @@ class _AgrAgnostic:
 
 
 class MinMax(_AgrAgnostic):
-    """Min-Max attack (Shejwalkar & Houmansadr, NDSS 2021), AGR-agnostic, omniscient.
+    """Min-Max attack (Shejwalkar & Houmansadr, NDSS 2021), AGR-agnostic.
 
-    Every malicious client sends ``mean + gamma * p`` with ``mean`` the honest
-    mean, ``p`` the perturbation (see :meth:`perturbation_vector`), and
-    ``gamma`` the largest value found by the paper's halving search
-    (``gamma_init``, threshold ``tau``, as in the authors' code) such that the
-    malicious update's largest distance to any honest update is at most the
-    largest distance between two honest updates:
-    ``max_i ||mal - x_i|| <= max_{i,j} ||x_i - x_j||``.
+    Every malicious client sends ``mean + gamma * p`` with ``mean`` the mean of
+    the known updates ``x_i``, ``p`` the perturbation (see
+    :meth:`perturbation_vector`), and ``gamma`` the largest value found by the
+    paper's halving search (``gamma_init``, threshold ``tau``, as in the
+    authors' code) such that the malicious update's largest distance to any
+    known update is at most the largest distance between two of them:
+    ``max_i ||mal - x_i|| <= max_{i,j} ||x_i - x_j||``. With
+    ``knowledge="omniscient"`` the ``x_i`` are the round's honest updates (full
+    knowledge); with ``"partial"`` the colluders' own benign updates (the
+    paper's partial knowledge), so the bound holds on the colluders' set.
 
     Parameters
     ----------
@@ -130,6 +164,8 @@ class MinMax(_AgrAgnostic):
         ``[0, 2 * gamma_init)``.
     tau : float
         Stopping threshold of the search (1e-5 in the paper's code).
+    knowledge : {"omniscient", "partial"}
+        What the colluders know (see above).
     """
 
     def _ok(self, a: Tensor, b: Tensor, c: float, pairwise: Tensor) -> Callable[[float], bool]:
@@ -138,13 +174,15 @@ class MinMax(_AgrAgnostic):
 
 
 class MinSum(_AgrAgnostic):
-    """Min-Sum attack (Shejwalkar & Houmansadr, NDSS 2021), AGR-agnostic, omniscient.
+    """Min-Sum attack (Shejwalkar & Houmansadr, NDSS 2021), AGR-agnostic.
 
     Like :class:`MinMax` (``mal = mean + gamma * p``, same halving search) but
     the constraint is on sums of squared distances: the malicious update's sum
-    of squared distances to the honest updates must not exceed the largest
-    such sum of an honest update:
-    ``sum_i ||mal - x_i||^2 <= max_i sum_j ||x_i - x_j||^2``.
+    of squared distances to the known updates must not exceed the largest such
+    sum of a known update:
+    ``sum_i ||mal - x_i||^2 <= max_i sum_j ||x_i - x_j||^2``. The known
+    updates are the round's honest ones (``knowledge="omniscient"``) or the
+    colluders' own benign ones (``"partial"``), as in :class:`MinMax`.
 
     Parameters
     ----------
@@ -153,8 +191,10 @@ class MinSum(_AgrAgnostic):
         As in :class:`MinMax`.
     bound : {"max", "min"}
         ``"max"`` (default): the paper's constraint. ``"min"``: the authors'
-        released code, which compares with the *smallest* honest sum (a
+        released code, which compares with the *smallest* known sum (a
         stricter, stealthier attack) — use it to reproduce their numbers.
+    knowledge : {"omniscient", "partial"}
+        What the colluders know (see :class:`MinMax`).
     """
 
     def __init__(
@@ -164,8 +204,9 @@ class MinSum(_AgrAgnostic):
         gamma_init: float = 10.0,
         tau: float = 1e-5,
         bound: Literal["max", "min"] = "max",
+        knowledge: Knowledge = "omniscient",
     ) -> None:
-        super().__init__(perturbation=perturbation, gamma_init=gamma_init, tau=tau)
+        super().__init__(perturbation=perturbation, gamma_init=gamma_init, tau=tau, knowledge=knowledge)
         if bound not in ("max", "min"):
             raise ValueError(f"MinSum: bound must be 'max' (paper) or 'min' (authors' code), got bound={bound!r}")
         self.bound = bound

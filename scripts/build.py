@@ -24,6 +24,7 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from attacks._colluding import KNOWLEDGE
 from attacks.registry import ATTACKS, kind_of
 from attacks.threat import ThreatModel, resolve_num_malicious
 from common.data import DatasetSpec, DatasetTensors, load_dataset, prepare_dataset, spec_of
@@ -264,7 +265,7 @@ def bind_to_population(attack: Any, threat: ThreatModel) -> Any:
     """
     alie = ATTACKS["alie"]
     if isinstance(attack, alie) and attack.z is None and threat.num_malicious:
-        return alie(z=alie.z_max(threat.num_clients, threat.num_malicious))
+        return alie(z=alie.z_max(threat.num_clients, threat.num_malicious), knowledge=attack.knowledge)
     return attack
 
 
@@ -304,8 +305,31 @@ def _resolve_strategy(strategy: dict[str, Any], attack: dict[str, Any], model: n
     return strategy
 
 
+def _check_knowledge(section: dict[str, Any]) -> None:
+    """``attack.knowledge``: one of :data:`attacks._colluding.KNOWLEDGE`, and only on a colluding attack."""
+    if "knowledge" not in section:
+        return
+    value = section["knowledge"]
+    if value not in KNOWLEDGE:
+        raise ConfigError(
+            f"attack.knowledge={value!r} is not one of {list(KNOWLEDGE)}: 'omniscient' computes a colluding attack "
+            "from every honest update of the round, 'partial' only from the colluders' own benign updates"
+        )
+    try:
+        kind = kind_of(get_object(section["_target_"])) if "_target_" in section else None
+    except Exception:  # noqa: BLE001 (an unimportable or kind-less _target_ is reported when the attack is built)
+        return
+    if kind != "colluding":
+        what = {"data": "a data attack", "update": "an update attack"}.get(kind or "", "no attack")
+        raise ConfigError(
+            f"attack.knowledge={value!r} applies to colluding attacks only (alie, ipm, min_max, min_sum, fang_krum, "
+            f"fang_trimmed_mean); attack={section.get('name')} is {what}"
+        )
+
+
 def _check_attack(run: Run, section: dict[str, Any]) -> None:
     fed = run.federation
+    _check_knowledge(section)
     try:
         threat = run.threat
         threat.check_clients_per_round(fed.clients_per_round)
@@ -322,10 +346,17 @@ def _check_attack(run: Run, section: dict[str, Any]) -> None:
         value = getattr(attack, name, None)
         if value is not None and not 0 <= value < run.spec.num_classes:
             raise ConfigError(f"attack.{name}={value} is not a class of this dataset (0..{run.spec.num_classes - 1})")
+    if isinstance(attack, ATTACKS["alie"]) and attack.knowledge == "partial" and attack.z is not None:
+        # the colluders know the federation's n and m, not the round's honest count: the ServerApp, which rebuilds
+        # the attack from this config, takes the z_max bound above for the whole federation
+        section["z"] = attack.z
     if run.attack_kind == "colluding" and not getattr(run.engine, "runs_colluding_attacks", False):
+        knows = getattr(attack, "knowledge", "omniscient")
         raise ConfigError(
-            f"attack={section.get('name')} is an omniscient colluding attack that only the simulation engine "
-            "can run (it needs every honest update of the round); use engine=simulation"
+            f"attack={section.get('name')} is a colluding attack that only the simulation engine can run "
+            f"(attack.knowledge={knows}: its server-side wrapper computes it from "
+            + ("every honest update of the round" if knows == "omniscient" else "the colluders' own updates")
+            + "); use engine=simulation"
         )
 
 

@@ -104,17 +104,38 @@ class Simulation:
 
 
 class LocalDeployment:
-    """A real deployment on this machine (see :mod:`scripts.deploy`)."""
+    """A real deployment on this machine (see :mod:`scripts.deploy`), secured by default.
+
+    Parameters
+    ----------
+    host, base_port : str, int
+        Loopback address; the SuperLink listens on ``base_port``, SuperNode ``i``'s
+        Runtime API on ``base_port + 1 + i``.
+    client_threads : int
+        torch threads of each ClientApp process.
+    timeout : float
+        Seconds for the whole run.
+    tls : bool
+        HTTPS between the SuperNodes (and the ``flwr`` CLI) and the SuperLink, with
+        a CA and certificate made for the run; ``false`` is an explicit opt-out.
+    auth : bool
+        SuperNode authentication: a key pair per SuperNode, registered with the
+        SuperLink before it starts; an unregistered SuperNode is refused.
+    """
 
     def __init__(self, *, host: str = "127.0.0.1", base_port: int = 19091, client_threads: int = 1,
-                 timeout: float = 1800) -> None:  # fmt: skip
+                 timeout: float = 1800, tls: bool = True, auth: bool = True) -> None:  # fmt: skip
         if not 1024 <= base_port <= 65000:
             raise ValueError(f"engine.base_port must be in [1024, 65000], got {base_port}")
         if client_threads < 1:
             raise ValueError(f"engine.client_threads must be >= 1, got {client_threads}")
         if not host.startswith("127.") and host not in ("localhost", "::1"):
             raise ValueError(f"engine.host must be a loopback address for a local deployment, got {host!r}")
+        if auth and not tls:
+            raise ValueError("engine.auth=true needs engine.tls=true (Flower authenticates SuperNodes over TLS only); "
+                             "for a plain local deployment set engine.tls=false engine.auth=false")  # fmt: skip
         self.host, self.base_port, self.client_threads, self.timeout = host, base_port, client_threads, timeout
+        self.tls, self.auth = bool(tls), bool(auth)
 
     runs_colluding_attacks = False
 
@@ -122,5 +143,5 @@ class LocalDeployment:
         """Start a SuperLink and one SuperNode per client, submit the run, follow it, shut down."""
         run_local_deployment(
             run.cfg, host=self.host, base_port=self.base_port, client_threads=self.client_threads,
-            timeout=self.timeout, on_round=on_round, verbose=verbose,
+            timeout=self.timeout, on_round=on_round, verbose=verbose, tls=self.tls, auth=self.auth,
         )  # fmt: skip

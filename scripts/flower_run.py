@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from common.runtime import CONFIG_KEY
+from scripts.certificates import TlsFiles
 from strategies.client_errors import strip_ansi
 
 log = logging.getLogger("poisonlab.flower")
@@ -130,11 +131,14 @@ class ProcessGroup:
                 pass
             _signal_group(proc, signal.SIGKILL)  # also children that outlived their parent
             proc.wait()
-        for pid in marked_processes(RUN_MARK, self.mark):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        deadline = time.monotonic() + 5.0  # until the kernel has really removed them
+        while (left := marked_processes(RUN_MARK, self.mark)) and time.monotonic() < deadline:
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            time.sleep(0.05)
 
     def __enter__(self) -> ProcessGroup:
         return self
@@ -170,14 +174,22 @@ def _signal_group(proc: subprocess.Popen, sig: signal.Signals) -> None:
         pass
 
 
-def superlink_argv(host: str, port: int, *, simulation: bool) -> list[str]:
+def superlink_argv(
+    host: str, port: int, *, simulation: bool, tls: TlsFiles | None = None, auth: bool = False
+) -> list[str]:
     """The SuperLink's command line: one port for its Runtime, Control and Fleet APIs; no run-time installs.
 
     ``simulation``: Flower's simulation runtime runs each submitted run (ServerApp
     and virtual SuperNodes on Ray) instead of waiting for SuperNode processes.
+    ``tls``: HTTPS on that port with these files (else ``--insecure``).
+    ``auth``: only SuperNodes whose public key was registered may join.
     """
-    argv = [flower_bin("flower-superlink"), "--insecure", "--host", host, "--port", str(port),
+    security = ["--insecure"] if tls is None else [
+        "--ssl-ca-certfile", str(tls.ca), "--ssl-certfile", str(tls.cert), "--ssl-keyfile", str(tls.key)]  # fmt: skip
+    argv = [flower_bin("flower-superlink"), *security, "--host", host, "--port", str(port),
             "--disable-runtime-dependency-installation"]  # fmt: skip
+    if auth:
+        argv.append("--enable-supernode-auth")
     return [*argv, "--simulation"] if simulation else argv
 
 
@@ -211,17 +223,24 @@ class FlowerSession:
         The SuperLink's port (its Runtime, Control and Fleet APIs share it).
     env : dict, optional
         Extra environment for every process started (e.g. thread counts).
+    tls : TlsFiles, optional
+        Serve the SuperLink over HTTPS with these files; the ``flwr`` CLI trusts their CA.
+    auth : bool
+        SuperNode authentication: only registered keys (:meth:`register`) may join.
     """
 
-    def __init__(self, out_dir: Path, *, host: str, port: int, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, out_dir: Path, *, host: str, port: int, env: dict[str, str] | None = None,
+        tls: TlsFiles | None = None, auth: bool = False,
+    ) -> None:  # fmt: skip
         self.out_dir = Path(out_dir).resolve()
         self.folder = self.out_dir / FLOWER_FOLDER
         self.home = self.folder / "home"
         self.home.mkdir(parents=True, exist_ok=True)
-        self.host, self.port = host, port
+        self.host, self.port, self.tls, self.auth = host, port, tls, auth
+        trust = "insecure = true" if tls is None else f"root-certificates = {json.dumps(str(tls.ca))}"
         (self.home / "config.toml").write_text(
-            f'[superlink]\ndefault = "{CONNECTION}"\n\n'
-            f'[superlink.{CONNECTION}]\naddress = "{host}:{port}"\ninsecure = true\n'
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "{host}:{port}"\n{trust}\n'
         )
         self.env = {
             **os.environ,
@@ -251,7 +270,8 @@ class FlowerSession:
 
     def start_superlink(self, *, simulation: bool) -> subprocess.Popen:
         """Start the SuperLink (``--simulation``: Flower's simulation runtime) and wait until it listens."""
-        self.link = self.group.start("superlink", superlink_argv(self.host, self.port, simulation=simulation))
+        argv = superlink_argv(self.host, self.port, simulation=simulation, tls=self.tls, auth=self.auth)
+        self.link = self.group.start("superlink", argv)
         wait_for_port(self.host, self.port, 60, self.link)
         log.info("SuperLink listening on %s:%d (simulation=%s)", self.host, self.port, simulation)
         return self.link
@@ -266,6 +286,21 @@ class FlowerSession:
             return json.loads(out.stdout)
         except json.JSONDecodeError:
             raise RuntimeError(f"flwr {' '.join(args)} failed ({out.returncode}): {out.stdout}\n{out.stderr}") from None
+
+    def register(self, public_keys: list[Path]) -> None:
+        """Register SuperNode public keys with the SuperLink (``flwr supernode register``, one process for all)."""
+        script = (
+            "import sys\nfrom flwr.cli.app import app\n"
+            "for key in sys.argv[1:]:\n"
+            f"    app(['supernode', 'register', key, {CONNECTION!r}], standalone_mode=False)\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", script, *map(str, public_keys)], env=self.env, capture_output=True, text=True,
+            timeout=60 + 5 * len(public_keys), cwd=self.folder,
+        )  # fmt: skip
+        if out.returncode != 0:
+            raise RuntimeError(f"registering SuperNode keys failed ({out.returncode}): {out.stdout}\n{out.stderr}")
+        log.info("registered %d SuperNode keys", len(public_keys))
 
     def stage(self, cfg: dict[str, Any]) -> tuple[Path, Path]:
         """Write the app ``flwr run`` submits and the run config holding ``cfg``; their paths."""

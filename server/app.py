@@ -95,33 +95,49 @@ def threat_sampler(threat: ThreatModel, per_round: int, seed: int):
 
 
 class ColludingAttackers:
-    """Server-side wrapper of an omniscient colluding attack (simulation only).
+    """Server-side wrapper of a colluding attack (simulation only).
 
     In rounds of the attack window it replaces the rows of the malicious
-    participants with what the attack computes from the round's honest rows.
-    When the attack cannot be formed in a round (the attack raises
+    participants with what the attack computes from what the colluders know
+    (the attack's ``knowledge``): the round's honest rows (``"omniscient"``,
+    the default), or only the malicious participants' own rows
+    (``"partial"``). A malicious client of a colluding attack trains honestly,
+    so its row is its benign update until the attack replaces it.
+
+    ``notes[round]`` records each round in which malicious clients took part
+    inside the window, as the ``collusion`` entry of ``metrics.jsonl``:
+    ``knowledge``, ``attackers`` (malicious participants), ``known_updates``
+    (how many benign updates the attack was computed from), ``formed`` and
+    ``reason``. When the attack cannot be formed (it raises
     :class:`attacks.CollusionInfeasible`, e.g. Fang et al.'s Krum attack with
-    ``n <= 2c + 2`` replies, or no honest reply to learn from), the malicious
-    participants send their honest updates that round and ``notes[round]``
-    says why; the run goes on.
+    ``n <= 2c + 2`` replies, no honest reply to learn from, or, with partial
+    knowledge, a standard deviation over a single colluder), the malicious
+    participants send their benign updates that round, ``formed`` is false and
+    ``reason`` says why; the run goes on.
     """
 
     def __init__(self, threat: ThreatModel, attack: Any, seed: int) -> None:
         self.threat, self.attack, self.seed = threat, attack, seed
-        self.notes: dict[int, str] = {}
+        self.knowledge: str = getattr(attack, "knowledge", "omniscient")
+        self.notes: dict[int, dict[str, Any]] = {}
 
     def __call__(self, server_round: int, client_ids: list[int], deltas: torch.Tensor) -> torch.Tensor:
         bad = [i for i, c in enumerate(client_ids) if self.threat.is_malicious(c)]
         good = [i for i, c in enumerate(client_ids) if not self.threat.is_malicious(c)]
         if not bad or not self.threat.active(server_round):
             return deltas
+        known = bad if self.knowledge == "partial" else good
+        note: dict[str, Any] = {"knowledge": self.knowledge, "attackers": len(bad), "known_updates": len(known),
+                                "formed": True, "reason": None}  # fmt: skip
+        self.notes[server_round] = note
         try:
-            if not good:
+            if not known:
                 raise CollusionInfeasible("no honest reply this round to compute the attack from")
-            poisoned = self.attack(deltas[good], len(bad), generator=stream(Stream.COLLUDING, self.seed, server_round))
+            poisoned = self.attack(deltas[known], len(bad), generator=stream(Stream.COLLUDING, self.seed, server_round))
         except CollusionInfeasible as err:
-            self.notes[server_round] = f"{type(self.attack).__name__} not formed, attackers sent honest updates: {err}"
-            log.warning("round %d: %s", server_round, self.notes[server_round])
+            note["formed"] = False
+            note["reason"] = f"{type(self.attack).__name__} not formed, attackers sent honest updates: {err}"
+            log.warning("round %d: %s", server_round, note["reason"])
             return deltas
         out = deltas.clone()
         out[bad] = poisoned.to(deltas.dtype)

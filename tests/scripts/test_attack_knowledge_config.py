@@ -1,0 +1,84 @@
+"""``attack.knowledge``: validated before anything starts, carried to the ServerApp with what it needs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_module
+
+from attacks import ALIE
+from scripts.build import build_run, run_from_json
+from scripts.config import ConfigError
+
+COLLUDING = ["alie", "ipm", "min_max", "min_sum", "fang_krum", "fang_trimmed_mean"]
+
+
+def composed(*overrides: str):
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["attack=alie", "attack.knowledge=full"],
+            "attack.knowledge='full' is not one of ['omniscient', 'partial']",
+        ),
+        (["attack=fang_krum", "attack.knowledge=null"], "attack.knowledge=None is not one of ['omniscient', 'partial"),
+        (
+            ["attack=label_flip", "+attack.knowledge=partial"],
+            "attack.knowledge='partial' applies to colluding attacks only",
+        ),
+        (["attack=sign_flip", "+attack.knowledge=omniscient"], "attack=sign_flip is an update attack"),
+        (["+attack.knowledge=partial"], "attack=none is no attack"),
+        (
+            ["attack=alie", "attack.knowledge=partial", "engine=deployment"],
+            "only the simulation engine can run (attack.knowledge=partial",
+        ),
+        (["attack=ipm", "engine=deployment"], "only the simulation engine can run (attack.knowledge=omniscient"),
+    ],
+)
+def test_bad_knowledge_is_a_config_error_naming_the_key_and_the_values(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        build_run(composed(*overrides))
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("name", COLLUDING)
+@pytest.mark.parametrize("knowledge", ["omniscient", "partial"])
+def test_every_colluding_attack_takes_either_knowledge(name, knowledge, fmnist_root):
+    run = build_run(composed(f"attack={name}", f"attack.knowledge={knowledge}", "attack.num_malicious=2"))
+    assert run.attack.knowledge == knowledge and run.cfg["attack"]["knowledge"] == knowledge
+    # the ServerApp rebuilds the attack from the resolved config: same knowledge there
+    assert run_from_json(json.dumps(run.cfg)).attack.knowledge == knowledge
+
+
+def test_the_default_is_omniscient(fmnist_root):
+    assert build_run(composed("attack=min_max", "attack.num_malicious=2")).attack.knowledge == "omniscient"
+
+
+def test_partial_alie_carries_the_federation_z_to_the_serverapp(fmnist_root):
+    run = build_run(composed("attack=alie", "attack.knowledge=partial", "attack.num_malicious=5"))
+    z = ALIE.z_max(50, 5)  # n = 50 clients, m = 5 malicious (Baruch et al.'s z_max)
+    assert run.attack.z == pytest.approx(z) and run.cfg["attack"]["z"] == pytest.approx(z)
+    rebuilt = run_from_json(json.dumps(run.cfg)).attack
+    assert rebuilt.knowledge == "partial" and rebuilt.z == run.attack.z
+    # a fixed z is kept as given
+    fixed = build_run(composed("attack=alie", "attack.knowledge=partial", "attack.num_malicious=5", "attack.z=0.3"))
+    assert fixed.attack.z == 0.3 and fixed.cfg["attack"]["z"] == 0.3
+
+
+def test_cli_bad_knowledge_exits_2_before_anything_starts(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "scripts.run", "attack=alie", "attack.knowledge=full", f"hydra.run.dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2
+    assert "configuration error: attack.knowledge='full' is not one of ['omniscient', 'partial']" in out.stderr
+    assert not (tmp_path / "metrics.jsonl").exists()
