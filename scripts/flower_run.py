@@ -268,10 +268,15 @@ class FlowerSession:
             if self._sigterm is not None:
                 signal.signal(signal.SIGTERM, self._sigterm)
 
-    def start_superlink(self, *, simulation: bool) -> subprocess.Popen:
-        """Start the SuperLink (``--simulation``: Flower's simulation runtime) and wait until it listens."""
+    def start_superlink(self, *, simulation: bool, prefix: list[str] | None = None) -> subprocess.Popen:
+        """Start the SuperLink and wait until it listens.
+
+        ``simulation``: Flower's simulation runtime. ``prefix``: put before its
+        command line (e.g. ``ip netns exec <namespace>`` to run it on another
+        network stack, reachable from here at ``host``).
+        """
         argv = superlink_argv(self.host, self.port, simulation=simulation, tls=self.tls, auth=self.auth)
-        self.link = self.group.start("superlink", argv)
+        self.link = self.group.start("superlink", [*(prefix or []), *argv])
         wait_for_port(self.host, self.port, 60, self.link)
         log.info("SuperLink listening on %s:%d (simulation=%s)", self.host, self.port, simulation)
         return self.link
