@@ -28,6 +28,7 @@ the datasets ahead of time on a machine that has internet access.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import pickle
 import shutil
@@ -432,9 +433,26 @@ def _read_cifar10(folder: Path) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return train_x, train_y, test_x, test_y
 
 
-@lru_cache(maxsize=4)
-def load_dataset(name: str, root: str) -> DatasetTensors:
-    """Decode dataset ``name`` from a prepared ``root`` (cached per process)."""
+def decoded_cache_root() -> Path:
+    """Where decoded datasets are kept as ``.npy`` files (beside the user data cache)."""
+    return user_cache_root().parent / "decoded"
+
+
+def _decoded_key(name: str, root: str) -> str:
+    """A folder name for ``name`` decoded from ``root``: changes when the root or any of its files changes."""
+    folder = Path(root) / spec_of(name).folder
+    stamp = [str(folder.resolve())]
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            info = path.stat()
+            stamp.append(f"{path.name}:{info.st_size}:{info.st_mtime_ns}")
+    return f"{name}-{hashlib.sha1('|'.join(stamp).encode()).hexdigest()[:16]}"
+
+
+_PARTS = ("train_x", "train_y", "test_x", "test_y")
+
+
+def _decode(name: str, root: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     spec = spec_of(name)
     if name == "cifar10":
         train_x, train_y, test_x, test_y = _read_cifar10(Path(root) / spec.folder)
@@ -444,7 +462,38 @@ def load_dataset(name: str, root: str) -> DatasetTensors:
         test = cls(root=root, train=False, download=False)
         train_x, train_y = train.data.unsqueeze(1), train.targets.long()
         test_x, test_y = test.data.unsqueeze(1), test.targets.long()
-    return DatasetTensors(train_x.contiguous(), train_y.contiguous(), test_x.contiguous(), test_y.contiguous(), spec)
+    return train_x.contiguous(), train_y.contiguous(), test_x.contiguous(), test_y.contiguous()
+
+
+@lru_cache(maxsize=4)
+def load_dataset(name: str, root: str) -> DatasetTensors:
+    """Dataset ``name`` from a prepared ``root``, decoded once per machine and memory-mapped (cached per process).
+
+    The first process to load a dataset decodes it and keeps the arrays as
+    ``.npy`` files in :func:`decoded_cache_root` (written atomically, keyed by
+    the root's path and its files' sizes and times); every later process
+    (the ServerApp, each client actor or ClientApp process) maps them
+    copy-on-write instead of decoding the archives again, and processes on
+    one machine share the pages. Where the cache cannot be written, the
+    dataset is decoded in memory as before.
+    """
+    spec = spec_of(name)
+    folder = decoded_cache_root() / _decoded_key(name, root)
+    if not all((folder / f"{part}.npy").is_file() for part in _PARTS):
+        tensors = _decode(name, root)
+        try:
+            partial = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
+            partial.mkdir(parents=True, exist_ok=True)
+            for part, tensor in zip(_PARTS, tensors, strict=True):
+                np.save(partial / f"{part}.npy", tensor.numpy())
+            try:
+                partial.rename(folder)
+            except OSError:  # another process got there first: its files are the same
+                shutil.rmtree(partial, ignore_errors=True)
+        except OSError:
+            return DatasetTensors(*tensors, spec)
+    arrays = [torch.from_numpy(np.load(folder / f"{part}.npy", mmap_mode="c")) for part in _PARTS]
+    return DatasetTensors(*arrays, spec)
 
 
 def to_float(x: Tensor) -> Tensor:
