@@ -346,9 +346,9 @@ def _check_attack(run: Run, section: dict[str, Any]) -> None:
         value = getattr(attack, name, None)
         if value is not None and not 0 <= value < run.spec.num_classes:
             raise ConfigError(f"attack.{name}={value} is not a class of this dataset (0..{run.spec.num_classes - 1})")
-    if isinstance(attack, ATTACKS["alie"]) and attack.knowledge == "partial" and attack.z is not None:
-        # the colluders know the federation's n and m, not the round's honest count: the ServerApp, which rebuilds
-        # the attack from this config, takes the z_max bound above for the whole federation
+    if isinstance(attack, ATTACKS["alie"]) and attack.z is not None:
+        # ALIE's z is the federation's (n, m) bound (bind_to_population), never the round's: the ServerApp, which
+        # rebuilds the attack from this config in its own process, must get that value, not recompute it
         section["z"] = attack.z
     if run.attack_kind == "colluding" and not getattr(run.engine, "runs_colluding_attacks", False):
         knows = getattr(attack, "knowledge", "omniscient")

@@ -82,3 +82,15 @@ def test_cli_bad_knowledge_exits_2_before_anything_starts(tmp_path):
     assert out.returncode == 2
     assert "configuration error: attack.knowledge='full' is not one of ['omniscient', 'partial']" in out.stderr
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("knowledge", ["omniscient", "partial"])
+def test_alies_federation_wide_z_reaches_the_serverapps_rebuilt_attack(knowledge, fmnist_root):
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        cfg = compose("config", overrides=["attack=alie", f"attack.knowledge={knowledge}", "attack.num_malicious=10",
+                                           "federation.num_rounds=1"])  # fmt: skip
+    run = build_run(cfg)
+    z = ALIE.z_max(50, 10)  # n = 50 clients, m = 10 malicious, 5 sampled per round
+    assert run.attack.z == pytest.approx(z)
+    rebuilt = run_from_json(json.dumps(run.cfg)).attack  # what the ServerApp builds from the run config
+    assert rebuilt.z == pytest.approx(z) and rebuilt.knowledge == knowledge
