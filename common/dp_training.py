@@ -19,16 +19,13 @@ epsilon accounts for the noise multiplier only.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from opacus.grad_sample.utils import wrap_model
-from opacus.optimizers import DPOptimizer
-from opacus.utils.uniform_sampler import UniformWithReplacementSampler
-from opacus.validators import ModuleValidator
 from torch import Tensor, nn
 
 from common.data import DatasetSpec
@@ -110,6 +107,8 @@ def dp_compatible(model: nn.Module, input_shape: tuple[int, ...] | None = None) 
     validation cannot (in-place ops on a hooked layer's output, no trainable
     parameter). Raises ``ValueError`` saying what Opacus refuses.
     """
+    from opacus.validators import ModuleValidator  # Opacus costs 1.5 s to import: only where DP-SGD is used
+
     if ModuleValidator.validate(model, strict=False):
         model = ModuleValidator.fix(model)
     for module in model.modules():
@@ -125,6 +124,8 @@ def dp_compatible(model: nn.Module, input_shape: tuple[int, ...] | None = None) 
 
 def _trial_step(model: nn.Module, input_shape: tuple[int, ...]) -> None:
     """One per-example backward pass of a copy on two random examples; every parameter must get its samples."""
+    from opacus.grad_sample.utils import wrap_model
+
     trial = copy.deepcopy(model)
     if not any(p.requires_grad for p in trial.parameters()):
         raise ValueError(f"{type(model).__name__} has no trainable parameter for DP-SGD to train")
@@ -144,26 +145,36 @@ def _trial_step(model: nn.Module, input_shape: tuple[int, ...]) -> None:
         wrapped._close()
 
 
-class _DynamicClipping(DPOptimizer):
-    """``DPOptimizer`` whose clipping bound is set each step from the per-example gradient norms."""
+@functools.cache
+def _dynamic_clipping() -> type:
+    """Opacus' ``DPOptimizer`` with a clipping bound set each step from the per-example gradient norms.
 
-    def __init__(self, *args, statistic: str, bounds: tuple[float, float], **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.statistic, self.bounds = statistic, bounds
-        self.bounds_used: list[float] = []
+    Made on first use, so that importing this module does not import Opacus.
+    """
+    from opacus.optimizers import DPOptimizer
 
-    def pre_step(self, closure=None):
-        samples = [p.grad_sample for p in self.params if getattr(p, "grad_sample", None) is not None]
-        if samples and samples[0].shape[0] > 0:
-            norms = torch.stack([g.reshape(len(g), -1).norm(2, dim=1) for g in samples], dim=1).norm(2, dim=1)
-            value = float(norms.max() if self.statistic == "max" else norms.mean())
-            self.max_grad_norm = min(max(value, self.bounds[0]), self.bounds[1])
-        self.bounds_used.append(self.max_grad_norm)
-        return super().pre_step(closure)
+    class DynamicClipping(DPOptimizer):
+        def __init__(self, *args, statistic: str, bounds: tuple[float, float], **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.statistic, self.bounds = statistic, bounds
+            self.bounds_used: list[float] = []
+
+        def pre_step(self, closure=None):
+            samples = [p.grad_sample for p in self.params if getattr(p, "grad_sample", None) is not None]
+            if samples and samples[0].shape[0] > 0:
+                norms = torch.stack([g.reshape(len(g), -1).norm(2, dim=1) for g in samples], dim=1).norm(2, dim=1)
+                value = float(norms.max() if self.statistic == "max" else norms.mean())
+                self.max_grad_norm = min(max(value, self.bounds[0]), self.bounds[1])
+            self.bounds_used.append(self.max_grad_norm)
+            return super().pre_step(closure)
+
+    return DynamicClipping
 
 
 def poisson_batches(num_examples: int, sample_rate: float, steps: int, generator: torch.Generator) -> Iterator[Tensor]:
     """``steps`` Poisson index batches (Opacus' uniform-with-replacement sampler; some may be empty)."""
+    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
     sampler = UniformWithReplacementSampler(
         num_samples=num_examples, sample_rate=sample_rate, generator=generator, steps=steps
     )
@@ -195,13 +206,16 @@ def train_private(
     parameters' device. Returns the plain loop's statistics plus ``sigma``,
     ``sample_rate``, ``steps`` and the mean clipping bound ``clip_norm``.
     """
+    from opacus.grad_sample.utils import wrap_model
+    from opacus.optimizers import DPOptimizer
+
     q, steps = sampling_plan(len(y), batch_size, epochs, local_steps)
     wrapped = wrap_model(model, dp.grad_sample_mode, batch_first=True, loss_reduction="mean")
     settings = {"noise_multiplier": sigma, "max_grad_norm": dp.max_grad_norm, "expected_batch_size": batch_size,
                 "generator": noise_generator}  # fmt: skip
     if dp.clipping == "dynamic":
         bounds = (dp.dynamic_min, dp.dynamic_max)
-        private = _DynamicClipping(optimizer, statistic=dp.dynamic_statistic, bounds=bounds, **settings)
+        private = _dynamic_clipping()(optimizer, statistic=dp.dynamic_statistic, bounds=bounds, **settings)
     else:
         private = DPOptimizer(optimizer, **settings)
     with warnings.catch_warnings():

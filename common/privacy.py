@@ -27,8 +27,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from opacus.accountants import RDPAccountant
-
 SCHEDULES = ("constant", "linear", "staircase", "exponential", "cosine")
 #: Wei, Liu et al.'s schedules decay sigma from 15 to 4.85: the end a decaying schedule takes by default
 PAPER_END_RATIO = 4.85 / 15
@@ -139,6 +137,8 @@ class PrivacyLedger:
             return 0.0
         if min(self.sigmas) <= 0:
             return math.inf
+        from opacus.accountants import RDPAccountant  # Opacus costs 1.5 s to import: only when a run uses DP
+
         accountant = RDPAccountant()
         accountant.history = self.history()
         return float(accountant.get_epsilon(delta))
