@@ -10,12 +10,13 @@ spawns), :class:`scripts.engines.LocalDeployment` starts it plain and adds one
 A :class:`FlowerSession` belongs to one run folder and keeps everything of
 Flower's there: its state and app cache (``FLWR_HOME``) and every process's
 output live in ``<run folder>/flower/``; Flower's log of the run (the
-ServerApp's, the simulation's, Ray's) streams into ``<run folder>/run.log``
-while it runs. It submits a one-file app (``pyproject.toml`` naming
-poisonlab's ServerApp and ClientApp, with ``--disable-runtime-dependency-installation``),
-so the apps run from the installed poisonlab, never from a copy of a source
-tree, and submission does not walk the checkout. Every process it starts is
-stopped when it exits, also on an error or Ctrl-C.
+ServerApp's, the simulation's, Ray's) streams into ``flower/stream.log`` while
+it runs and is appended whole to ``<run folder>/run.log`` at its end. It
+submits a one-file app (``pyproject.toml`` naming poisonlab's ServerApp and
+ClientApp, with ``--disable-runtime-dependency-installation``), so the apps
+run from the installed poisonlab, never from a copy of a source tree, and
+submission does not walk the checkout. Every process it starts is stopped
+when it exits, also on an error, Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ class ProcessGroup:
                 pass
             _signal_group(proc, signal.SIGKILL)  # also children that outlived their parent
             proc.wait()
-        deadline = time.monotonic() + 5.0  # until the kernel has really removed them
+        deadline = time.monotonic() + 15.0  # until the kernel has really removed them (slow on a loaded machine)
         while (left := marked_processes(RUN_MARK, self.mark)) and time.monotonic() < deadline:
             for pid in left:
                 try:
@@ -139,6 +140,8 @@ class ProcessGroup:
                 except (ProcessLookupError, PermissionError):
                     pass
             time.sleep(0.05)
+        if left:
+            log.warning("processes of the run still alive after SIGKILL: %s", left)
 
     def __enter__(self) -> ProcessGroup:
         return self
@@ -250,6 +253,7 @@ class FlowerSession:
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         }
         self.group = ProcessGroup(self.folder, self.env)
+        self.env = self.group.env  # every process of the session, `flwr` CLI calls too, carries the run's mark
         self.link: subprocess.Popen | None = None
 
     def __enter__(self) -> FlowerSession:
@@ -316,6 +320,20 @@ class FlowerSession:
         run_config.write_text(f"{CONFIG_KEY} = {json.dumps(json.dumps(cfg))}\n")
         return app, run_config
 
+    def save_log(self, run_id: int) -> None:
+        """Append Flower's whole log of the run (ServerApp, simulation, Ray), as the SuperLink holds it, to run.log.
+
+        Taken with ``flwr log --show`` once the run has written its summary: the
+        stream may not have caught up when the engine stops the run's processes.
+        """
+        out = subprocess.run(
+            [flower_bin("flwr"), "log", str(run_id), CONNECTION, "--show"], env=self.env, capture_output=True,
+            text=True, timeout=120, cwd=self.folder,
+        )  # fmt: skip
+        with (self.out_dir / RUN_LOG).open("a") as run_log:
+            run_log.write(f"===== Flower's log of run {run_id} (flwr log) =====\n")
+            run_log.write(strip_ansi(out.stdout + out.stderr))
+
     def status(self, run_id: int) -> str:
         """The run's status as the SuperLink reports it (e.g. ``running``, ``finished:completed``)."""
         runs = self.flwr(["ls", CONNECTION, "--run-id", str(run_id)]).get("runs", [])
@@ -328,9 +346,10 @@ class FlowerSession:
         """Submit ``cfg`` and follow it to its end; raise unless it ended with a complete or diverged summary.
 
         One ``flwr run --stream`` submits the run, streams Flower's log of it
-        (ServerApp, simulation, Ray) into ``run.log`` (and to the console when
-        ``verbose``) and exits when the run has finished; meanwhile every new
-        round of ``metrics.jsonl`` goes to ``on_round``.
+        (ServerApp, simulation, Ray) into ``flower/stream.log`` (and to the
+        console when ``verbose``) and exits when the run has finished;
+        meanwhile every new round of ``metrics.jsonl`` goes to ``on_round``.
+        Flower's whole log is then appended to ``run.log``.
 
         Raises
         ------
@@ -344,7 +363,7 @@ class FlowerSession:
         argv = [flower_bin("flwr"), "run", str(app), CONNECTION, "--run-config", str(run_config), "--stream"]
         if federation_config:
             argv += ["--federation-config", " ".join(f"{k}={_toml(v)}" for k, v in federation_config.items())]
-        stream = LogStream(self.out_dir / RUN_LOG, echo=verbose)
+        stream = LogStream(self.folder / "stream.log", echo=verbose)
         proc = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env, cwd=self.folder,
             start_new_session=True, text=True, errors="replace",
@@ -371,6 +390,7 @@ class FlowerSession:
         if stream.run_id is None:
             raise RuntimeError(f"flwr run was refused (exit {proc.returncode}): {stream.tail()}")
         log.info("run %d finished (flwr run exit %s)", stream.run_id, proc.returncode)
+        self.save_log(stream.run_id)
         self._check_outcome(stream.run_id)
 
     def _check_outcome(self, run_id: int) -> None:
@@ -385,7 +405,7 @@ class FlowerSession:
 
 
 class LogStream:
-    """Copies ``flwr run --stream``'s output to ``run.log`` (and the console) as it comes; finds the run id.
+    """Copies ``flwr run --stream``'s output to a file (and the console) as it comes; finds the run id.
 
     A thread reads the pipe so the CLI never blocks on a full pipe while the
     main thread follows the rounds.
@@ -407,7 +427,6 @@ class LogStream:
     def _copy(self, proc: subprocess.Popen) -> None:
         assert proc.stdout is not None
         with self.path.open("a") as out:
-            out.write("===== Flower's log of the run (flwr run --stream) =====\n")
             for line in proc.stdout:
                 out.write(strip_ansi(line))
                 out.flush()
