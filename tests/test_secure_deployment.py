@@ -14,24 +14,15 @@ import time
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
 
-from scripts.build import build_run
 from scripts.certificates import make_node_keys, make_tls
 from scripts.deploy import supernode_argv
 from scripts.flower_run import FlowerSession, free_port, marked_processes
+from tests.server.fake_grid import make_run
 
 HOST = "127.0.0.1"
 SMALL = ["model=mlp", "federation.num_clients=2", "federation.clients_per_round=2", "federation.num_rounds=1",
          "partition.samples_per_client=64", "client.batch_size=32", "device=cpu", "output.plots=false"]  # fmt: skip
-
-
-def resolved(out_dir) -> dict:
-    with initialize_config_module(config_module="conf", version_base="1.3"):
-        cfg = compose("config", overrides=SMALL)
-    run = build_run(cfg)
-    run.cfg["output_dir"] = str(out_dir)
-    return run.cfg
 
 
 def wait_for_log(path, text: str, timeout: float) -> str:
@@ -45,7 +36,7 @@ def wait_for_log(path, text: str, timeout: float) -> str:
 
 
 def test_registered_supernodes_run_while_an_unregistered_one_and_a_wrong_ca_one_are_refused(tmp_path, fmnist_root):
-    cfg = resolved(tmp_path)
+    cfg = make_run(tmp_path, *SMALL).cfg
     certs = tmp_path / "certs"
     tls = make_tls(certs, [HOST])
     keys = [make_node_keys(certs / "nodes", i) for i in range(3)]  # key 2 is never registered

@@ -15,11 +15,9 @@ import os
 import signal
 from pathlib import Path
 
-from hydra import compose, initialize_config_module
-
-from scripts.build import build_run
 from scripts.deploy import Endpoint, Topology, run_deployment
 from scripts.flower_run import free_port, marked_processes
+from tests.server.fake_grid import make_run
 
 HOST = "127.0.0.1"
 OVERRIDES = ["model=mlp", "federation.num_clients=3", "federation.clients_per_round=3", "federation.num_rounds=2",
@@ -41,9 +39,7 @@ def processes_with_arg(text: str) -> list[int]:
 
 
 def test_a_supernode_killed_between_rounds_is_recorded_failed_and_the_round_completes(tmp_path, fmnist_root):
-    with initialize_config_module(config_module="conf", version_base="1.3"):
-        run = build_run(compose("config", overrides=OVERRIDES))
-    run.cfg["output_dir"] = str(tmp_path)
+    run = make_run(tmp_path, *OVERRIDES)
     killed: list[int] = []
 
     key = str(tmp_path / "flower" / "certs" / "supernodes" / "supernode-2.key")  # only SuperNode 2 of this run

@@ -21,12 +21,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
 
-from scripts.build import build_run
 from scripts.deploy import Endpoint, Topology, run_deployment
 from scripts.flower_run import marked_processes
-from tests.server.fake_grid import federate
+from tests.server.fake_grid import federate, make_run
 
 SUBNET = "10.231.7"
 PORT = 19091
@@ -72,14 +70,6 @@ def namespaces():
         subprocess.run(["ip", "link", "del", bridge], capture_output=True)
 
 
-def resolved(out_dir: Path) -> dict:
-    with initialize_config_module(config_module="conf", version_base="1.3"):
-        cfg = compose("config", overrides=OVERRIDES)
-    run = build_run(cfg)
-    run.cfg["output_dir"] = str(out_dir)
-    return run.cfg
-
-
 def lines_of(folder: Path) -> list[dict]:
     return [json.loads(row) for row in (folder / "metrics.jsonl").read_text().splitlines()]
 
@@ -90,7 +80,7 @@ def test_a_federation_across_namespaces_with_tls_and_authentication(namespaces, 
         Endpoint(link_ip, PORT, ("ip", "netns", "exec", link_ns)),
         [Endpoint("127.0.0.1", PORT + 1, ("ip", "netns", "exec", ns)) for ns, _ in nodes],
     )
-    cfg = resolved(tmp_path / "netns")
+    cfg = make_run(tmp_path / "netns", *OVERRIDES).cfg
     rounds: list[dict] = []
     run_deployment(cfg, topology, client_threads=1, timeout=600, on_round=rounds.append, tls=True, auth=True)
 
