@@ -11,8 +11,9 @@ the global model, and the reply carries the locally trained model and its
 metrics, with the same keys for honest and malicious clients.
 
 With ``dp=opacus`` every client trains with DP-SGD (``common.dp_training``) at
-the round's noise multiplier, keeps its privacy ledger in ``context.state``
-across the rounds it takes part in, reports its cumulative ``epsilon`` and, once
+the round's noise multiplier, keeps its privacy ledger across the rounds it
+takes part in (with its momentum, in the node's state store,
+``clients.state_store``, not in Flower's context), reports its cumulative ``epsilon`` and, once
 the next round would pass ``dp.epsilon_budget``, replies without an update (a
 ``withheld`` record). A client the server's leakage attack targets (the train
 config's ``leakage-capture-steps``) copies its first local steps into a
@@ -32,16 +33,13 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from attacks.threat import ThreatModel
+from clients.state_store import ClientStateStore, state_root
 from common.data import to_float
 from common.dp_training import sampling_plan, train_private
 from common.privacy import PrivacyLedger
 from common.runtime import CAPTURE_STEPS_KEY, uses_channels_last
 from common.streams import Stream, derived_seed, stream
 from common.training import train_epochs
-
-OPTIMIZER_STATE = "poisonlab-optimizer"
-PARTICIPATION = "poisonlab-participation"
-PRIVACY_LEDGER = "poisonlab-privacy"
 
 
 def partition_id(context: Context) -> int:
@@ -75,40 +73,28 @@ def enrol(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"enrolment": reply}), reply_to=msg)
 
 
-def _load_optimizer_state(optimizer: torch.optim.Optimizer, context: Context) -> int:
-    """Restore this client's momentum buffers; return how often it took part before."""
-    participations = 0
-    if PARTICIPATION in context.state:
-        participations = int(context.state[PARTICIPATION]["count"])
-    if OPTIMIZER_STATE in context.state:
-        buffers = context.state[OPTIMIZER_STATE].to_torch_state_dict()
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        for i, p in enumerate(params):
-            if str(i) in buffers:
-                optimizer.state[p]["momentum_buffer"] = buffers[str(i)].to(p.device)
-    return participations
-
-
-def _save_optimizer_state(optimizer: torch.optim.Optimizer, context: Context, participations: int) -> None:
+def _load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> int:
+    """Restore this client's momentum buffers from its saved state; return how often it took part before."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    buffers = {
+    for i, buffer in saved.get("momentum", {}).items():
+        optimizer.state[params[int(i)]]["momentum_buffer"] = buffer.to(params[int(i)].device)
+    return int(saved.get("participations", 0))
+
+
+def _optimizer_state(optimizer: torch.optim.Optimizer, participations: int) -> dict[str, Any]:
+    """The momentum buffers (by parameter index) and the participation count, as the state store keeps them."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    momentum = {
         str(i): optimizer.state[p]["momentum_buffer"].detach().cpu()
         for i, p in enumerate(params)
         if "momentum_buffer" in optimizer.state.get(p, {})
     }
-    context.state[OPTIMIZER_STATE] = ArrayRecord(buffers)
-    context.state[PARTICIPATION] = ConfigRecord({"count": participations})
+    return {"momentum": momentum, "participations": participations}
 
 
-def load_ledger(context: Context) -> PrivacyLedger:
+def load_ledger(saved: dict[str, Any]) -> PrivacyLedger:
     """This client's DP-SGD history over the whole run (empty before its first private round)."""
-    if PRIVACY_LEDGER not in context.state:
-        return PrivacyLedger()
-    return PrivacyLedger.from_lists(dict(context.state[PRIVACY_LEDGER]))
-
-
-def save_ledger(context: Context, ledger: PrivacyLedger) -> None:
-    context.state[PRIVACY_LEDGER] = ConfigRecord(ledger.as_lists())
+    return PrivacyLedger.from_lists(saved["ledger"]) if "ledger" in saved else PrivacyLedger()
 
 
 class StepCapture:
@@ -165,11 +151,14 @@ def train(msg: Message, context: Context, run: Any) -> Message:
     channels_last = uses_channels_last(model, settings.channels_last)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     optimizer = settings.sgd(model.parameters())
-    participations = _load_optimizer_state(optimizer, context) if settings.keep_optimizer_state else 0
+    dp, extra = run.dp_sgd, {}
+    store = ClientStateStore(state_root(context.node_config, run.cfg["output_dir"]))
+    saved = store.load(cid, server_round) if settings.keep_optimizer_state or dp is not None else {}
+    new_state: dict[str, Any] = {}
+    participations = _load_optimizer_state(optimizer, saved) if settings.keep_optimizer_state else 0
     for group in optimizer.param_groups:
         group["lr"] = settings.lr_at(participations)
 
-    dp, extra = run.dp_sgd, {}
     capture_steps = int(msg.content["config"].get(CAPTURE_STEPS_KEY, 0))
     capture = StepCapture(capture_steps) if capture_steps > 0 else None
     batches = stream(Stream.CLIENT_BATCHES, seed, cid, server_round)
@@ -178,7 +167,7 @@ def train(msg: Message, context: Context, run: Any) -> Message:
     if dp is None:
         stats = train_epochs(model, optimizer, x, y, **loop)
     else:
-        ledger = load_ledger(context)
+        ledger = load_ledger(saved)
         sigma = dp.schedule.sigma(server_round)
         q, steps = sampling_plan(len(y), settings.batch_size, settings.epochs, settings.local_steps)
         epsilon = ledger.epsilon_after(sigma, q, steps, dp.delta)  # what this client reports if it trains
@@ -190,10 +179,12 @@ def train(msg: Message, context: Context, run: Any) -> Message:
         noise = torch.Generator(device=device).manual_seed(derived_seed(seed, cid, server_round, Stream.DP_NOISE))
         stats = train_private(model, optimizer, x, y, dp=dp, sigma=sigma, noise_generator=noise, **loop)
         ledger.add(sigma, q, steps)
-        save_ledger(context, ledger)
+        new_state["ledger"] = ledger.as_lists()
         extra = {"epsilon": epsilon, "sigma": sigma, "clip-norm": stats["clip_norm"]}
     if settings.keep_optimizer_state:
-        _save_optimizer_state(optimizer, context, participations + 1)
+        new_state.update(_optimizer_state(optimizer, participations + 1))
+    if new_state:
+        store.save(cid, server_round, new_state)
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if kind == "update":

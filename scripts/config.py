@@ -23,7 +23,7 @@ from common.training import LocalTraining
 
 TOP_LEVEL_KEYS = {
     "dataset", "model", "partition", "federation", "strategy", "attack", "dp", "leakage", "engine",
-    "seed", "device", "client", "evaluation", "output", "output_dir",
+    "seed", "device", "client", "evaluation", "output", "output_dir", "resume",
 }  # fmt: skip
 
 
@@ -71,12 +71,15 @@ class OutputSettings:
     TensorBoard event files (``<run folder>/tensorboard/``), one scalar per
     round and metric (needs the ``tensorboard`` extra). ``verbose``: show
     Flower's, Ray's and the libraries' logs on the console too (they always go
-    to ``run.log`` in the run folder).
+    to ``run.log`` in the run folder). ``checkpoint``: the ServerApp's
+    checkpoint after every round, which ``poisonlab resume=<run folder>``
+    continues from (``server.checkpoint``).
     """
 
     plots: bool = True
     tensorboard: bool = False
     verbose: bool = False
+    checkpoint: bool = True
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ Examples
 --------
 ``poisonlab`` (paper A's Fashion-MNIST federation on the local Ray simulation),
 ``poisonlab federation.num_rounds=50 strategy=fedavg_weighted``,
-``poisonlab -m seed=0,1,2`` (a sweep, one run folder per job).
+``poisonlab -m seed=0,1,2`` (a sweep, one run folder per job),
+``poisonlab resume=outputs/2026-12-02/14-13-22`` (continue an interrupted run).
 
 :func:`prepare` and :func:`execute` are the one way a composed config becomes
 a run; the command line (:func:`main`) and the Python API (:func:`poisonlab.run`)
@@ -24,16 +25,24 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from common.data import DataMissingError
 from scripts.build import Run, build_run
 from scripts.config import ConfigError
 from scripts.console import Progress, SweepClock, summary_line, sweep_clock, sweep_size
 from scripts.flower_run import RUN_LOG
+from server.checkpoint import ResumeError, load_checkpoint
 from server.results import write_summary
 
 log = logging.getLogger("poisonlab")
+
+#: what may be given with ``resume=``: where and how the run goes on, never what it computes
+RESUME_OVERRIDES = ("resume", "engine", "output.verbose")
+
+# Hydra's run folder and its .hydra record: a resumed run stays in its own folder and keeps how it was started
+OmegaConf.register_new_resolver("poisonlab_run_dir", lambda resume, new: resume or new, replace=True)
+OmegaConf.register_new_resolver("poisonlab_hydra_subdir", lambda resume: None if resume else ".hydra", replace=True)
 
 
 @contextmanager
@@ -82,6 +91,47 @@ def prepare(cfg: DictConfig, out_dir: str | Path) -> Run:
     """
     run = build_run(cfg)
     run.cfg["output_dir"] = str(Path(out_dir).resolve())
+    return run
+
+
+def prepare_resume(folder: str | Path, overrides: list[str] | None = None, engine: Any = None) -> Run:
+    """Check that the run in ``folder`` can go on from its checkpoint and build it; nothing is started.
+
+    The run's ``config.json`` is its config; ``engine`` (a composed ``engine``
+    section) replaces its engine when the resumption runs elsewhere, and
+    ``overrides`` (the command line's) may name only :data:`RESUME_OVERRIDES`.
+    The ``summary.json`` of the interrupted attempt is removed: the resumed run
+    writes its own.
+
+    Raises
+    ------
+    scripts.config.ConfigError
+        When ``folder`` is not a run folder, the run is complete, it has no
+        checkpoint (it completed no round), the checkpoint was written by
+        another config, or an override would change what the run computes.
+    """
+    folder = Path(folder).resolve()
+    config_file, summary_file = folder / "config.json", folder / "summary.json"
+    if not config_file.exists():
+        raise ConfigError(f"resume={folder}: no config.json there; give the folder of a poisonlab run that started")
+    changed = [o for o in overrides or [] if not o.lstrip("+~").startswith(RESUME_OVERRIDES)]
+    if changed:
+        raise ConfigError(
+            f"resume={folder} runs that folder's config.json; {changed} would change what it computes "
+            f"(only {list(RESUME_OVERRIDES[1:])} may be given): start a new run for another config"
+        )
+    if summary_file.exists() and json.loads(summary_file.read_text()).get("status") == "complete":
+        raise ConfigError(f"resume={folder}: the run is complete (summary.json); there is nothing to resume")
+    saved = json.loads(config_file.read_text())
+    if engine is not None:
+        saved["engine"] = OmegaConf.to_container(engine, resolve=True) if isinstance(engine, DictConfig) else engine
+    saved["resume"] = str(folder)
+    try:
+        load_checkpoint(folder, saved)
+    except ResumeError as err:
+        raise ConfigError(f"resume={folder}: {err}") from None
+    run = prepare(OmegaConf.create(saved), folder)
+    summary_file.unlink(missing_ok=True)
     return run
 
 
@@ -136,7 +186,14 @@ def main(cfg: DictConfig) -> None:
     if hydra_cfg.mode == RunMode.MULTIRUN:
         job = (int(hydra_cfg.job.num), sweep_clock(sweep_size(sys.argv[1:])))
     try:
-        run = prepare(cfg, hydra_cfg.runtime.output_dir)
+        if cfg.get("resume"):
+            if job is not None:
+                raise ConfigError("resume= continues one run; it cannot be part of a sweep (-m)")
+            task = list(hydra_cfg.overrides.task)
+            engine = cfg.engine if any(o.lstrip("+~").startswith("engine") for o in task) else None
+            run = prepare_resume(cfg.resume, task, engine)
+        else:
+            run = prepare(cfg, hydra_cfg.runtime.output_dir)
     except (ConfigError, DataMissingError) as err:
         print(f"poisonlab: configuration error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -38,9 +38,10 @@ from common.partition import class_counts
 from common.runtime import CONFIG_KEY, uses_channels_last
 from common.streams import Stream, stream
 from common.training import confusion_matrix, step_batches, train_on_batches
+from server.checkpoint import load_checkpoint, restore, save_checkpoint, server_state, truncate_metrics
 from server.evaluate import detection_scores, metrics_from_confusion, targeted_metrics
 from server.leakage import LeakageAttack
-from server.results import RunRecorder, write_plots, write_summary
+from server.results import METRICS_FILE, RunRecorder, write_plots, write_summary
 from strategies.robust import RobustStrategy
 
 log = logging.getLogger("poisonlab")
@@ -229,7 +230,9 @@ def run_federation(grid: Grid, run: Any) -> None:
     cfg = run.cfg
     out_dir = Path(cfg["output_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    resuming = bool(cfg.get("resume"))
+    if not resuming:  # a resumed run keeps the config.json it was started with
+        (out_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     seed, fed = run.seed, run.federation
     random.seed(seed)
     np.random.seed(seed)
@@ -237,8 +240,13 @@ def run_federation(grid: Grid, run: Any) -> None:
              "num_rounds": fed.num_rounds, "malicious_clients": sorted(run.threat.malicious)}  # fmt: skip
     recorder = None
     try:
-        recorder = RunRecorder(out_dir, fed.num_rounds, cfg=cfg, tensorboard=run.output.tensorboard)
-        status, reason = _run_rounds(grid, run, out_dir, recorder), None
+        checkpoint = load_checkpoint(out_dir, cfg) if resuming else None
+        if checkpoint is not None:
+            truncate_metrics(out_dir / METRICS_FILE, checkpoint["round"])
+            (out_dir / "summary.json").unlink(missing_ok=True)
+        recorder = RunRecorder(out_dir, fed.num_rounds, cfg=cfg, tensorboard=run.output.tensorboard,
+                               append=checkpoint is not None)  # fmt: skip
+        status, reason = _run_rounds(grid, run, out_dir, recorder, checkpoint), None
     except RunDiverged as err:
         status, reason = "diverged", str(err)
     except BaseException as err:
@@ -253,7 +261,9 @@ def run_federation(grid: Grid, run: Any) -> None:
     write_summary(out_dir, {**extra, "status": status, "reason": reason})
 
 
-def _run_rounds(grid: Grid, run: Any, out_dir: Path, recorder: RunRecorder) -> str:
+def _run_rounds(
+    grid: Grid, run: Any, out_dir: Path, recorder: RunRecorder, checkpoint: dict[str, Any] | None = None
+) -> str:
     cfg, seed, fed, device = run.cfg, run.seed, run.federation, run.device
     data = run.dataset
     model = run.new_model(seed=seed)
@@ -283,6 +293,19 @@ def _run_rounds(grid: Grid, run: Any, out_dir: Path, recorder: RunRecorder) -> s
         observer=leakage.observe if leakage is not None else None,
     )
     epsilon_of: dict[int, float] = {}  # each client's latest cumulative DP-SGD epsilon
+    root_trainer = strategy.server_update
+    done = 0  # rounds completed before this process (a resumed run)
+    if checkpoint is not None:
+        done = checkpoint["round"]
+        restore(checkpoint, rule=rule, generator=strategy.generator)
+        initial_state = checkpoint["global_state"]
+        epsilon_of.update(checkpoint["extra"]["epsilon_of"])
+        if root_trainer is not None:
+            root_trainer.momentum = checkpoint["extra"]["root_momentum"]
+        if leakage is not None:
+            leakage.results = checkpoint["extra"]["leakage_results"]
+        strategy.round_offset = done
+        log.info("resuming after round %d of %d (Flower counts this attempt's rounds from 1)", done, fed.num_rounds)
     test_x, test_y = data.test_x.to(device), data.test_y.to(device)
     final: dict[str, Any] = {"state": initial_state}
     triggered = None
@@ -296,8 +319,17 @@ def _run_rounds(grid: Grid, run: Any, out_dir: Path, recorder: RunRecorder) -> s
         "device": device,
     }
 
-    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+    def checkpoint_round(server_round: int) -> None:
+        extra = {"epsilon_of": dict(epsilon_of), "root_momentum": getattr(root_trainer, "momentum", None),
+                 "leakage_results": leakage.results if leakage is not None else None}  # fmt: skip
+        save_checkpoint(out_dir, server_state(server_round=server_round, cfg=cfg, global_state=final["state"],
+                                              rule=rule, generator=strategy.generator, extra=extra))  # fmt: skip
+
+    def evaluate(flower_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        server_round = flower_round + done
         final["state"] = arrays.to_torch_state_dict()
+        if done and flower_round == 0:
+            return None  # the checkpoint's model: its round is in metrics.jsonl already
         model.load_state_dict(final["state"])
         cm, loss = confusion_matrix(model, test_x, test_y, **eval_kwargs)
         if math.isfinite(loss):
@@ -325,6 +357,8 @@ def _run_rounds(grid: Grid, run: Any, out_dir: Path, recorder: RunRecorder) -> s
             if leakage is not None:
                 line["leakage"] = leakage.run_round(server_round)
         recorder.record(line)
+        if server_round > 0 and run.output.checkpoint:
+            checkpoint_round(server_round)
         if line["diverged"] and run.evaluation.on_divergence == "stop":
             raise RunDiverged(
                 f"round {server_round}: the global model gives non-finite logits or loss "
@@ -336,7 +370,7 @@ def _run_rounds(grid: Grid, run: Any, out_dir: Path, recorder: RunRecorder) -> s
         strategy.start(
             grid=grid,
             initial_arrays=ArrayRecord(initial_state),
-            num_rounds=fed.num_rounds,
+            num_rounds=fed.num_rounds - done,
             timeout=fed.round_timeout,
             evaluate_fn=evaluate,
         )

@@ -134,15 +134,20 @@ class RunRecorder:
     tensorboard : bool
         Also write each round's scalars to ``out_dir / "tensorboard"``
         (:class:`server.tensorboard_log.TensorBoardLog`; needs the ``tensorboard`` package).
+    append : bool
+        Keep the lines already in ``metrics.jsonl`` (a resumed run) instead of starting it empty.
     """
 
     def __init__(
-        self, out_dir: Path, num_rounds: int, *, cfg: Mapping[str, Any] | None = None, tensorboard: bool = False
-    ) -> None:
+        self, out_dir: Path, num_rounds: int, *, cfg: Mapping[str, Any] | None = None, tensorboard: bool = False,
+        append: bool = False,
+    ) -> None:  # fmt: skip
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.out_dir / METRICS_FILE
-        self.path.write_text("")
+        if not append or not self.path.exists():
+            self.path.write_text("")
+        self.rounds_before = len([r for r in read_metrics(self.out_dir) if r["round"] > 0]) if append else 0
         self.num_rounds = num_rounds
         self.started = time.perf_counter()
         self.last = self.started
@@ -168,7 +173,7 @@ class RunRecorder:
         if line["round"] > 0:
             self.round_seconds.append(seconds)
             recent = self.round_seconds[-5:]
-            eta = (self.num_rounds - len(self.round_seconds)) * sum(recent) / len(recent)
+            eta = (self.num_rounds - self.rounds_before - len(self.round_seconds)) * sum(recent) / len(recent)
             print(progress_line(line, self.num_rounds, eta, **self.names), flush=True)
         elif line.get("diverged"):
             print("[poisonlab] round    0 (initial model)  DIVERGED: non-finite logits or loss", flush=True)

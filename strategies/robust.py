@@ -151,6 +151,8 @@ class RobustStrategy(Strategy):
         self.observer = observer
         self.global_state: dict[str, Tensor] | None = None
         self.records: dict[int, RoundRecord] = {}
+        #: rounds completed before Flower's round 1 (a resumed run): Flower's round ``k`` is round ``k + offset``
+        self.round_offset = 0
 
     def summary(self) -> None:
         log.info("RobustStrategy: rule=%s, on_failure=%s", type(self.rule).__name__, self.on_failure)
@@ -159,6 +161,7 @@ class RobustStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Send the global model to the round's clients, chosen by ``sample``."""
+        server_round += self.round_offset
         self.global_state = arrays.to_torch_state_dict()
         clients = self.sample(server_round)
         self.records[server_round] = RoundRecord(
@@ -191,6 +194,7 @@ class RobustStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Check the replies, run the rule, return the new global model."""
+        server_round += self.round_offset
         assert self.global_state is not None, "configure_train must run first"
         rec = self.records[server_round]
         global_vec = self.codec.to_vector(self.global_state)

@@ -11,7 +11,7 @@ import pytest
 from fake_grid import federate
 from opacus.accountants import RDPAccountant
 
-from clients.app import PRIVACY_LEDGER
+from clients.state_store import ClientStateStore
 from common.dp_training import sampling_plan
 from common.privacy import NoiseSchedule
 
@@ -49,10 +49,10 @@ def test_each_client_reports_its_cumulative_epsilon_over_the_rounds_it_took_part
     eps = [line["epsilon_max"] for line in lines[1:]]
     assert all(a <= b for a, b in zip(eps, eps[1:], strict=False)) and eps[0] > 0
     assert summary["final_epsilon_max"] == eps[-1]
-    # each client's ledger in its context.state is what it reported
-    for context in grid.contexts.values():
-        if PRIVACY_LEDGER in context.state:
-            assert len(context.state[PRIVACY_LEDGER]["sigmas"]) == len(taken[int(context.node_config["partition-id"])])
+    # each client's ledger in its node's state store is what it reported
+    store = ClientStateStore(tmp_path / "checkpoint" / "clients")
+    for cid, rounds in taken.items():
+        assert len(store.load(cid, before_round=10**6)["ledger"]["sigmas"]) == len(rounds)
 
 
 def test_a_client_over_its_budget_replies_without_an_update_and_the_round_goes_on(tmp_path, fmnist_root):

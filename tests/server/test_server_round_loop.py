@@ -15,7 +15,7 @@ from fake_grid import SILENT, FakeGrid, federate, final_model, lines_of, make_ru
 from flwr.app import Error, MessageType
 from flwr.common.constant import ErrorCode
 
-from clients.app import PARTICIPATION
+from clients.state_store import ClientStateStore
 from common.training import confusion_matrix
 from server.app import enrol_clients, run_federation
 
@@ -90,8 +90,13 @@ def test_a_clean_run_writes_every_round_and_its_outputs(tmp_path, fmnist_root):
     for r, line in ((1, lines[1]), (2, lines[2])):
         sent = [m for m in train if m.content["config"]["server-round"] == r]
         assert sorted(grid.client_of(m.metadata.dst_node_id) for m in sent) == sorted(line["sampled"])
-    # each SuperNode's state persisted across rounds (its momentum and participation count)
-    assert [int(c.state[PARTICIPATION]["count"]) for c in grid.contexts.values()] == [2, 2, 2, 2]
+    # each client's state persisted across rounds in the node's state store (its momentum and participation count),
+    # read back from the round before the one it trains in
+    store = ClientStateStore(tmp_path / "checkpoint" / "clients")
+    assert [store.load(c, before_round=3)["participations"] for c in range(4)] == [2, 2, 2, 2]
+    assert [store.load(c, before_round=2)["participations"] for c in range(4)] == [1, 1, 1, 1]
+    assert store.load(0, before_round=1) == {}
+    assert len(store.load(0, before_round=3)["momentum"]) == len(list(run.new_model().parameters()))
 
 
 def test_a_reply_with_nan_is_rejected_and_never_aggregated(tmp_path, fmnist_root):
