@@ -158,7 +158,7 @@ def test_a_dp_sgd_federation_on_ray_reports_each_clients_cumulative_epsilon(tmp_
         assert line["epsilon_max"] == max(seen.values())
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "complete" and summary["final_epsilon_max"] == lines[2]["epsilon_max"]
-    # a client that took part twice (Ray kept its ledger in context.state) has more than one round's epsilon
+    # a client that took part twice (its ledger kept in its node's state store) has more than one round's epsilon
     assert any(sum(c in map(str, line["sampled"]) for line in lines[1:]) == 2 for c in seen)
 
 

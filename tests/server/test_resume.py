@@ -9,6 +9,10 @@ metrics of an uninterrupted run with the same seed, each round once.
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -16,6 +20,7 @@ from fake_grid import FakeGrid, final_model, lines_of, make_run, summary_of
 
 from server.app import run_federation
 from server.checkpoint import checkpoint_path
+from tests.test_federation_e2e import free_port_block, read_lines, run_cli
 
 ROUNDS = ["federation.num_rounds=4"]
 
@@ -25,8 +30,14 @@ STATEFUL = {
     "fedavg": [],
     "foolsgold": ["strategy=foolsgold"],
     "centered_clipping": ["strategy=centered_clipping"],
-    "pca_detect": ["strategy=pca_detect", "attack=label_flip", "attack.num_malicious=2", "strategy.start_round=2",
-                   "federation.num_clients=6", "federation.clients_per_round=6"],  # fmt: skip
+    "pca_detect": [
+        "strategy=pca_detect",
+        "attack=label_flip",
+        "attack.num_malicious=2",
+        "strategy.start_round=2",
+        "federation.num_clients=6",
+        "federation.clients_per_round=6",
+    ],  # fmt: skip
     "fltrust": ["strategy=fltrust", "strategy.root_size=32"],
     "central_dp": ["dp=central_adaptive", "dp.noise_multiplier=0.1"],
     "opacus": ["dp=opacus", "dp.noise_multiplier=1.0", "client.batch_size=16"],
@@ -111,3 +122,38 @@ def test_a_checkpoint_of_another_config_is_refused(tmp_path, fmnist_root):
     other = make_run(tmp_path, *ROUNDS, "client.lr=0.5", f"resume={tmp_path}")
     with pytest.raises(ResumeError, match="another config"):
         run_federation(FakeGrid(nodes(other)), other)
+
+
+def test_a_deployment_stopped_after_round_2_resumes_to_the_uninterrupted_runs_model(tmp_path, fmnist_root):
+    """SuperLink, ServerApp and SuperNodes all stop; ``poisonlab resume=`` starts new ones and finishes the run."""
+    small = ["model=mlp", "federation.num_clients=3", "federation.clients_per_round=3", "federation.num_rounds=4",
+             "partition.samples_per_client=64", "client.batch_size=32", "output.plots=false", "seed=5"]  # fmt: skip
+    engine = ["engine=deployment", "engine.tls=false", "engine.auth=false", f"engine.base_port={free_port_block(4)}"]
+    folder = tmp_path / "run"
+    argv = [sys.executable, "-m", "scripts.run", *small, *engine, f"hydra.run.dir={folder}"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoint = folder / "checkpoint" / "server.pt"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if checkpoint.exists() and torch.load(checkpoint, weights_only=False)["round"] >= 2:
+            break
+        time.sleep(0.3)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    stopped = json.loads((folder / "summary.json").read_text())
+    assert stopped["status"] == "failed" and 2 <= stopped["rounds_completed"] < 4
+
+    out = run_cli(f"resume={folder}", *engine)
+    assert "complete" in out.stdout
+    lines = read_lines(folder)
+    assert [line["round"] for line in lines] == [0, 1, 2, 3, 4]
+    assert json.loads((folder / "summary.json").read_text())["status"] == "complete"
+
+    reference = make_run(tmp_path / "reference", *small)
+    run_federation(FakeGrid(3), reference)
+    expected = [json.loads(row) for row in (tmp_path / "reference" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["accuracy"] for line in lines] == [line["accuracy"] for line in expected]
+    got = torch.load(folder / "final_model.pt", weights_only=True)
+    want = torch.load(tmp_path / "reference" / "final_model.pt", weights_only=True)
+    assert all(torch.equal(got[k], want[k]) for k in want)
