@@ -6,7 +6,7 @@ virtual SuperNode, a deployment passes them with ``--node-config``). Everything
 else (dataset, model, local training, the attack) comes with the server's
 message as the run config, from which the runner's Flower app object
 (``scripts.apps``) builds the run's objects once per process and passes them
-to :func:`train`. A query message enrols the client; a train message carries
+to :func:`train`. A query message enrols the client (:mod:`clients.enrolment`); a train message carries
 the global model, and the reply carries the locally trained model and its
 metrics, with the same keys for honest and malicious clients.
 
@@ -33,6 +33,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from attacks.threat import ThreatModel
+from clients.enrolment import partition_id
 from clients.state_store import ClientStateStore, state_root
 from common.data import to_float
 from common.dp_training import sampling_plan, train_private
@@ -40,16 +41,6 @@ from common.privacy import PrivacyLedger
 from common.runtime import CAPTURE_STEPS_KEY, uses_channels_last
 from common.streams import Stream, derived_seed, stream
 from common.training import train_epochs
-
-
-def partition_id(context: Context) -> int:
-    """This SuperNode's client id, from its node config."""
-    try:
-        return int(context.node_config["partition-id"])
-    except KeyError:
-        raise RuntimeError(
-            'this SuperNode has no partition-id: start it with --node-config "partition-id=<i> num-partitions=<N>"'
-        ) from None
 
 
 def is_malicious(context: Context, threat: ThreatModel, cid: int) -> bool:
@@ -60,17 +51,6 @@ def is_malicious(context: Context, threat: ThreatModel, cid: int) -> bool:
     if role not in ("malicious", "honest"):
         raise RuntimeError(f"node config role={role!r}: use role=malicious or role=honest")
     return role == "malicious"
-
-
-def enrol(msg: Message, context: Context) -> Message:
-    """Tell the server which client (partition) this SuperNode serves."""
-    reply = ConfigRecord(
-        {
-            "partition-id": partition_id(context),
-            "num-partitions": int(context.node_config.get("num-partitions", -1)),
-        }
-    )
-    return Message(RecordDict({"enrolment": reply}), reply_to=msg)
 
 
 def _load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> int:

@@ -1,9 +1,16 @@
-"""What every process of a run shares: the message keys, the device, the memory format."""
+"""What every process of a run shares: the message keys, the device, the memory format.
+
+torch is imported where a function needs it: the message keys are read by
+processes that never train (a ClientApp process answering enrolment).
+"""
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 #: the Flower run-config key (and train-message config key) that carries the resolved run config as JSON
 CONFIG_KEY = "poisonlab-config"
@@ -13,6 +20,8 @@ CAPTURE_STEPS_KEY = "leakage-capture-steps"
 
 def resolve_device(requested: str) -> torch.device:
     """``auto`` -> CUDA when this process can see a GPU, else CPU."""
+    import torch
+
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(requested)
@@ -28,6 +37,8 @@ def uses_channels_last(model: nn.Module, enabled: bool) -> bool:
     CPU: a DP-SGD round of paper A's CNN took 1.74 s channels-last against
     1.10 s contiguous here (1,200 samples, batch 32, one thread).
     """
+    from torch import nn
+
     modules = list(model.modules())
     return (
         enabled

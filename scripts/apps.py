@@ -6,7 +6,10 @@ once per process) and hands them to the ServerApp's work
 (:func:`server.app.run_federation`) or the ClientApp's (:func:`clients.app.train`).
 Deployments load ``scripts.apps:server_app`` and ``scripts.apps:client_app``
 (the ``pyproject.toml`` that :mod:`scripts.flower_run` submits); both engines
-submit them the same way.
+submit them the same way. torch and the run are imported on the first train
+message (or the ServerApp's start), never for enrolment: in a deployment every
+message starts a ClientApp process, and an enrolment query costs one that
+imports Flower only.
 """
 
 from __future__ import annotations
@@ -15,10 +18,9 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from clients.app import enrol, train
+from clients.enrolment import enrol
 from common.runtime import CONFIG_KEY
-from scripts.build import run_from_json
-from server.app import run_federation
+from server.prompt_grid import PromptGrid
 
 server_app = ServerApp()
 client_app = ClientApp()
@@ -32,7 +34,11 @@ def _serve(grid: Grid, context: Context) -> None:
             f"run config has no {CONFIG_KEY!r}: submit runs with `poisonlab engine=deployment` "
             "(or flwr run --run-config with the resolved poisonlab config)"
         )
-    run_federation(grid, run_from_json(str(context.run_config[CONFIG_KEY])))
+    from scripts.build import run_from_json
+    from server.app import run_federation
+
+    # Flower's grid pulls replies every 3 s; PromptGrid every 0.1 s (server.prompt_grid)
+    run_federation(PromptGrid(grid), run_from_json(str(context.run_config[CONFIG_KEY])))
 
 
 @client_app.query()
@@ -42,4 +48,7 @@ def _enrol(msg: Message, context: Context) -> Message:
 
 @client_app.train()
 def _train(msg: Message, context: Context) -> Message:
+    from clients.app import train
+    from scripts.build import run_from_json
+
     return train(msg, context, run_from_json(str(msg.content["config"][CONFIG_KEY])))

@@ -47,12 +47,15 @@ from strategies.robust import RobustStrategy
 log = logging.getLogger("poisonlab")
 
 
-def enrol_clients(grid: Grid, num_clients: int, timeout: float) -> dict[int, int]:
+def enrol_clients(grid: Grid, num_clients: int, timeout: float, batch: int = 0) -> dict[int, int]:
     """Wait for ``num_clients`` SuperNodes and learn which client id each one serves.
 
-    Returns client id -> node id. Fails if a SuperNode is missing, a partition
-    id is claimed twice or out of range, or the node config disagrees with the
-    run's ``federation.num_clients``.
+    The SuperNodes are asked ``batch`` at a time (``federation.enrol_batch``; 0:
+    all at once): in a deployment each question starts a ClientApp process on
+    its SuperNode (a light one: enrolment imports Flower only), so a batch
+    bounds how many run at once. Returns client id -> node id. Fails if a
+    SuperNode is missing, a partition id is claimed twice or out of range, or
+    the node config disagrees with the run's ``federation.num_clients``.
     """
     deadline = time.monotonic() + timeout
     while len(nodes := list(grid.get_node_ids())) < num_clients:
@@ -63,9 +66,11 @@ def enrol_clients(grid: Grid, num_clients: int, timeout: float) -> dict[int, int
             )
         time.sleep(0.5)
     query = RecordDict({"config": ConfigRecord({"ask": "enrolment"})})
-    replies = grid.send_and_receive(
-        [Message(query, message_type=MessageType.QUERY, dst_node_id=n) for n in nodes], timeout=timeout
-    )
+    size = batch if batch > 0 else len(nodes)
+    replies = []
+    for start in range(0, len(nodes), size):
+        wave = [Message(query, message_type=MessageType.QUERY, dst_node_id=n) for n in nodes[start : start + size]]
+        replies.extend(grid.send_and_receive(wave, timeout=max(1.0, deadline - time.monotonic())))
     node_of: dict[int, int] = {}
     for reply in replies:
         if reply.has_error():
@@ -277,7 +282,7 @@ def _run_rounds(
     colluders = ColludingAttackers(threat, attack, seed) if run.attack_kind == "colluding" else None
     rule = run.rule
     leakage = LeakageAttack(run, out_dir) if run.leakage is not None else None
-    node_of = enrol_clients(grid, fed.num_clients, fed.connect_timeout)
+    node_of = enrol_clients(grid, fed.num_clients, fed.connect_timeout, fed.enrol_batch)
     strategy = RobustStrategy(
         rule=rule,
         codec=run.codec,

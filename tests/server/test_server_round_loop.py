@@ -29,7 +29,15 @@ def test_enrolment_maps_node_ids_to_the_client_ids_of_their_node_config():
     assert sorted(node_of) == [0, 1, 2, 3] and set(node_of.values()) == set(grid.contexts)
     assert all(node != cid for cid, node in node_of.items())
     assert [m.metadata.message_type for m in grid.sent] == [MessageType.QUERY] * 4
-    assert grid.timeouts == [5]
+    assert len(grid.timeouts) == 1 and 4 < grid.timeouts[0] <= 5  # one wave, within federation.connect_timeout
+
+
+def test_enrolment_asks_the_supernodes_in_batches_within_one_deadline():
+    grid = FakeGrid(8)
+    node_of = enrol_clients(grid, 8, timeout=5, batch=3)
+    assert sorted(node_of) == list(range(8))
+    assert len(grid.sent) == 8 and len(grid.timeouts) == 3  # waves of 3, 3 and 2 SuperNodes
+    assert all(0 < t <= 5 for t in grid.timeouts) and grid.timeouts == sorted(grid.timeouts, reverse=True)
 
 
 @pytest.mark.parametrize(
@@ -83,7 +91,7 @@ def test_a_clean_run_writes_every_round_and_its_outputs(tmp_path, fmnist_root):
     assert loss == pytest.approx(lines[2]["loss"], rel=1e-5)
 
     # the wire: one enrolment query, then per round one TRAIN message to each sampled client's own node
-    assert grid.timeouts[0] == run.federation.connect_timeout  # enrolment
+    assert grid.timeouts[0] <= run.federation.connect_timeout  # enrolment
     assert set(grid.timeouts[1:]) == {run.federation.round_timeout}  # every round's train (and empty evaluate)
     train = [m for m in grid.sent if m.metadata.message_type == MessageType.TRAIN]
     assert len(train) == 8
