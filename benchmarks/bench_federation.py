@@ -77,6 +77,11 @@ def floor_rounds(rounds: int, num_clients: int = 50, per_round: int = 5, seed: i
 
 def tree_rss_mb(pid: int) -> float:
     """Resident memory of ``pid`` and all its descendants, in MiB (from /proc)."""
+    return tree_stats(pid)[0]
+
+
+def tree_stats(pid: int) -> tuple[float, int]:
+    """Resident memory of ``pid`` and all its descendants in MiB, and how many processes they are (from /proc)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -85,7 +90,7 @@ def tree_rss_mb(pid: int) -> float:
                 children.setdefault(int(fields[1]), []).append(int(entry))
             except (OSError, IndexError):
                 continue
-    total, stack = 0, [pid]
+    total, count, stack = 0, 0, [pid]
     while stack:
         p = stack.pop()
         stack.extend(children.get(p, []))
@@ -93,9 +98,10 @@ def tree_rss_mb(pid: int) -> float:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1])
+            count += 1
         except OSError:
             continue
-    return total / 1024
+    return total / 1024, count
 
 
 def run_poisonlab(overrides: list[str], folder: Path) -> dict:
@@ -103,11 +109,12 @@ def run_poisonlab(overrides: list[str], folder: Path) -> dict:
     argv = [sys.executable, "-m", "scripts.run", *overrides, f"hydra.run.dir={folder}"]
     start = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak = [0.0]
+    peak, procs = [0.0], [0]
 
     def sample() -> None:
         while proc.poll() is None:
-            peak[0] = max(peak[0], tree_rss_mb(proc.pid))
+            mb, count = tree_stats(proc.pid)
+            peak[0], procs[0] = max(peak[0], mb), max(procs[0], count)
             time.sleep(0.5)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -120,7 +127,7 @@ def run_poisonlab(overrides: list[str], folder: Path) -> dict:
     lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
     rounds = [x["seconds"] for x in lines if x["round"] > 0]
     return {"rounds": rounds, "wall": wall, "startup": wall - sum(x["seconds"] for x in lines),
-            "peak_mb": peak[0], "accuracy": lines[-1]["accuracy"]}  # fmt: skip
+            "peak_mb": peak[0], "peak_procs": procs[0], "accuracy": lines[-1]["accuracy"]}  # fmt: skip
 
 
 def steady(times: list[float]) -> float:

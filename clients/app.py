@@ -34,6 +34,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 
 from attacks.threat import ThreatModel
 from clients.enrolment import partition_id
+from clients.faults import FAULT_KEY, check_fault, faulty_reply
 from clients.state_store import ClientStateStore, state_root
 from common.data import to_float
 from common.dp_training import sampling_plan, train_private
@@ -111,6 +112,8 @@ def train(msg: Message, context: Context, run: Any) -> Message:
     """Train the received global model on this client's partition and reply (``run``: a ``scripts.build.Run``)."""
     server_round = int(msg.content["config"]["server-round"])
     cid = partition_id(context)
+    if FAULT_KEY in context.node_config:  # before the training it would waste
+        check_fault(str(context.node_config[FAULT_KEY]))
     settings, device, seed = run.client, run.device, run.seed
 
     data = run.dataset
@@ -177,6 +180,8 @@ def train(msg: Message, context: Context, run: Any) -> Message:
         {"train-loss": stats["train_loss"], "num-examples": len(y), "steps": stats["steps"], **extra}
     )
     content = RecordDict({"arrays": ArrayRecord(state), "metrics": metrics})
+    if FAULT_KEY in context.node_config:  # a SuperNode started to send malformed replies (clients.faults)
+        content = faulty_reply(str(context.node_config[FAULT_KEY]), state, metrics)
     if capture is not None:
         content["leakage"] = capture.as_record()
     return Message(content, reply_to=msg)

@@ -26,9 +26,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from common.data import DataMissingError
 from scripts.config import ConfigError
-from scripts.run import execute, prepare
+from scripts.run import execute, prepare, prepare_resume
 
-__all__ = ["ConfigError", "DataMissingError", "compose_config", "run"]
+__all__ = ["ConfigError", "DataMissingError", "compose_config", "resume", "run"]
 
 
 def compose_config(overrides: Sequence[str] = ()) -> Any:
@@ -89,5 +89,34 @@ def run(overrides: Sequence[str] = (), *, folder: str | Path | None = None) -> d
     (out_dir / ".hydra").mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, out_dir / ".hydra" / "config.yaml")
     (out_dir / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
+    summary = execute(prepared)
+    return {**summary, "folder": prepared.cfg["output_dir"]}
+
+
+def resume(folder: str | Path, engine_overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Continue the run in ``folder`` from its last completed round (``poisonlab resume=<folder>``).
+
+    Parameters
+    ----------
+    folder : path
+        A run folder whose run stopped before its end (its ``summary.json`` is
+        ``failed`` or missing) after at least one round.
+    engine_overrides : sequence of str
+        Run it on another engine than it started on (``["engine=deployment", "engine.tls=false"]``);
+        nothing else of the run's config can change.
+
+    Returns
+    -------
+    dict
+        The completed run's summary with ``folder`` added.
+
+    Raises
+    ------
+    ConfigError
+        When the folder has no checkpoint, is complete, or an override is not an engine one.
+    """
+    overrides = list(engine_overrides)
+    engine = compose_config(overrides).engine if overrides else None
+    prepared = prepare_resume(folder, overrides, engine)
     summary = execute(prepared)
     return {**summary, "folder": prepared.cfg["output_dir"]}

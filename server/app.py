@@ -91,6 +91,40 @@ def enrol_clients(grid: Grid, num_clients: int, timeout: float, batch: int = 0) 
     return node_of
 
 
+def enrol_newcomers(grid: Grid, node_of: dict[int, int], num_clients: int, timeout: float) -> dict[int, int]:
+    """Client id -> node id of SuperNodes that connected since enrolment (a restarted SuperNode rejoining).
+
+    A SuperNode that restarts with its registered key (authentication on)
+    keeps its node id; without authentication it comes back under a new one.
+    Each round the ServerApp asks any node it does not know which client it
+    serves, and sends that client's next messages there. A newcomer that fails
+    to answer or claims an id outside the federation is left out (logged); the
+    round goes on.
+    """
+    known = set(node_of.values())
+    new = [n for n in grid.get_node_ids() if n not in known]
+    if not new:
+        return {}
+    query = RecordDict({"config": ConfigRecord({"ask": "enrolment"})})
+    replies = grid.send_and_receive(
+        [Message(query, message_type=MessageType.QUERY, dst_node_id=n) for n in new], timeout=timeout
+    )
+    rejoined: dict[int, int] = {}
+    for reply in replies:
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            log.warning("SuperNode %d connected after enrolment but did not enrol: %s", node, reply.error.reason)
+            continue
+        cid = int(reply.content["enrolment"]["partition-id"])
+        if not 0 <= cid < num_clients:
+            log.warning("SuperNode %d connected after enrolment with partition-id=%d: not a client of this run",
+                        node, cid)  # fmt: skip
+            continue
+        log.info("client %d rejoined on SuperNode %d (was %s)", cid, node, node_of.get(cid))
+        rejoined[cid] = node
+    return rejoined
+
+
 def threat_sampler(threat: ThreatModel, per_round: int, seed: int):
     """Each round's participants: the threat model's sampling (uniform without an attack), seeded."""
 
@@ -293,6 +327,7 @@ def _run_rounds(
         on_failure=run.adapter.on_failure,
         update_hook=colluders,
         generator=stream(Stream.RULE, seed),
+        rejoin=lambda g, known: enrol_newcomers(g, known, fed.num_clients, min(fed.round_timeout, 60.0)),
         server_update=RootSetTrainer(run) if getattr(rule, "needs_server_update", False) else None,
         client_config=leakage.client_config if leakage is not None else None,
         observer=leakage.observe if leakage is not None else None,

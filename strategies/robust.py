@@ -116,6 +116,9 @@ class RobustStrategy(Strategy):
         message (e.g. the leakage attack asking a client to capture its local steps).
     observer : callable, optional
         Sees every reply that arrived (see :data:`ReplyObserver`): a curious server's view.
+    rejoin : callable, optional
+        ``rejoin(grid, node_of) -> {client id: node id}``, asked before every round: clients
+        whose SuperNode came back under a new node id (a restart), whose messages go there.
     """
 
     def __init__(
@@ -133,6 +136,7 @@ class RobustStrategy(Strategy):
         server_update: Callable[[dict[str, Tensor], int], Tensor] | None = None,
         client_config: Callable[[int, int, list[int]], dict[str, Any]] | None = None,
         observer: ReplyObserver | None = None,
+        rejoin: Callable[[Grid, dict[int, int]], dict[int, int]] | None = None,
     ) -> None:
         if getattr(rule, "needs_server_update", False) and server_update is None:
             raise ValueError(f"{type(rule).__name__} needs the server's root-set update (server_update)")
@@ -149,6 +153,7 @@ class RobustStrategy(Strategy):
         self.server_update = server_update
         self.client_config = client_config
         self.observer = observer
+        self.rejoin = rejoin
         self.global_state: dict[str, Tensor] | None = None
         self.records: dict[int, RoundRecord] = {}
         #: rounds completed before Flower's round 1 (a resumed run): Flower's round ``k`` is round ``k + offset``
@@ -162,6 +167,9 @@ class RobustStrategy(Strategy):
     ) -> Iterable[Message]:
         """Send the global model to the round's clients, chosen by ``sample``."""
         server_round += self.round_offset
+        if self.rejoin is not None:
+            for cid, node in self.rejoin(grid, dict(self.node_of)).items():
+                self.node_of[cid], self.client_of[node] = node, cid
         self.global_state = arrays.to_torch_state_dict()
         clients = self.sample(server_round)
         self.records[server_round] = RoundRecord(

@@ -157,3 +157,30 @@ def test_a_deployment_stopped_after_round_2_resumes_to_the_uninterrupted_runs_mo
     got = torch.load(folder / "final_model.pt", weights_only=True)
     want = torch.load(tmp_path / "reference" / "final_model.pt", weights_only=True)
     assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_resume_refuses_what_it_cannot_continue_before_anything_starts(tmp_path, fmnist_root):
+    from scripts.config import ConfigError
+    from scripts.run import prepare_resume
+
+    with pytest.raises(ConfigError, match="no config.json there"):
+        prepare_resume(tmp_path)
+    done = make_run(tmp_path / "done", *ROUNDS)
+    run_federation(FakeGrid(nodes(done)), done)
+    with pytest.raises(ConfigError, match="the run is complete"):
+        prepare_resume(tmp_path / "done")
+    cut = make_run(tmp_path / "cut", *ROUNDS)
+    with pytest.raises(ServerAppKilled):
+        run_federation(FakeGrid(nodes(cut), plan={(2, None): killed}), cut)
+    with pytest.raises(ConfigError, match=r"\['strategy=krum'\] would change what it computes"):
+        prepare_resume(tmp_path / "cut", ["resume=x", "strategy=krum"])
+    (tmp_path / "cut" / "checkpoint" / "server.pt").unlink()
+    with pytest.raises(ConfigError, match="completed no round"):
+        prepare_resume(tmp_path / "cut")
+
+
+def test_the_command_line_names_a_bad_resume_and_exits_2(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "scripts.run", f"resume={tmp_path}", "federation.num_rounds=9"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert "no config.json there" in out.stderr or "would change what it computes" in out.stderr

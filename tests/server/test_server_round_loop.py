@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 from fake_grid import SILENT, FakeGrid, federate, final_model, lines_of, make_run, scaled, summary_of, with_nan
-from flwr.app import Error, MessageType
+from flwr.app import Context, Error, MessageType, RecordDict
 from flwr.common.constant import ErrorCode
 
 from clients.state_store import ClientStateStore
@@ -254,3 +254,38 @@ def test_krum_keeps_a_sign_flipper_out_and_records_it_as_excluded_not_detected(t
         assert line["flagged"] == [] and line["detects"] is False and line["defense_active"] is True
         assert line["tp"] is None and line["tpr"] is None and line["precision"] is None
     assert lines[2]["accuracy"] > lines[0]["accuracy"] + 0.3
+
+
+class RestartingGrid(FakeGrid):
+    """Client 2's SuperNode restarts after round 1 and comes back under a new node id (no authentication)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.old_node = self.new_node = None
+
+    def get_node_ids(self):
+        trained = {int(m.content["config"]["server-round"]) for m in self.sent if m.metadata.message_type == "train"}
+        if self.old_node is None and 1 in trained:
+            self.old_node = next(n for n, c in self.contexts.items() if int(c.node_config["partition-id"]) == 2)
+            context = self.contexts.pop(self.old_node)
+            self.new_node = 9_999_000_000
+            self.contexts[self.new_node] = Context(run_id=1, node_id=self.new_node, node_config=context.node_config,
+                                                   state=RecordDict(), run_config={})  # fmt: skip
+        return super().get_node_ids()
+
+
+def test_a_supernode_back_under_a_new_node_id_rejoins_as_its_client(tmp_path, fmnist_root):
+    run = make_run(tmp_path, "federation.num_rounds=3")
+    grid = RestartingGrid(4)
+    run_federation(grid, run)
+    lines = lines_of(tmp_path)
+    assert all(line["failed"] == {} and line["selected"] == [0, 1, 2, 3] for line in lines[1:])
+    rounds_by_node = {(m.metadata.dst_node_id, m.metadata.message_type, int(m.content["config"].get("server-round", 0)))
+                      for m in grid.sent}  # fmt: skip
+    assert (grid.old_node, MessageType.TRAIN, 1) in rounds_by_node
+    assert (grid.new_node, MessageType.QUERY, 0) in rounds_by_node  # asked which client it serves, once
+    assert {(grid.new_node, MessageType.TRAIN, r) for r in (2, 3)} <= rounds_by_node
+    # its momentum came from the node's state store, not from the lost context: same model as without the restart
+    steady = make_run(tmp_path / "steady", "federation.num_rounds=3")
+    run_federation(FakeGrid(4), steady)
+    assert [line["accuracy"] for line in lines] == [line["accuracy"] for line in lines_of(tmp_path / "steady")]

@@ -1,0 +1,84 @@
+"""A real loopback deployment against the Ray simulation: round latency, and paper A's whole federation as processes.
+
+Part 1 (latency): the same run, 5 clients all taking part, 1,200 Fashion-MNIST
+samples each (paper A's CNN, batch 4, one epoch), on ``engine=simulation`` and
+on ``engine=deployment`` (a SuperLink and 5 SuperNode processes, TLS and
+SuperNode authentication on, every message a ClientApp process); steady-state
+seconds per round (median over rounds 2..R) and the ratio, in one sitting. The
+metrics of the two must be identical (same seed).
+
+Part 2 (load): paper A's federation (50 SuperNodes, 5 per round) as a loopback
+deployment for 3 rounds: enrolment and round times, peak resident memory summed
+over every process of the run and the most processes alive at once.
+
+Run: ``python benchmarks/bench_deployment.py [--rounds 5] [--skip-load]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_federation import run_poisonlab, steady  # noqa: E402
+
+LATENCY = ["federation.num_clients=5", "federation.clients_per_round=5", "partition.samples_per_client=1200",
+           "output.plots=false"]  # fmt: skip
+
+
+def same_metrics(a: Path, b: Path) -> bool:
+    """Every round's accuracy and loss equal in two run folders."""
+
+    def read(folder: Path) -> list[tuple[float, float]]:
+        lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+        return [(x["accuracy"], x["loss"]) for x in lines]
+
+    return read(a) == read(b)
+
+
+def part_one(rounds: int) -> None:
+    print(f"== Part 1: one run on the simulation and as a loopback deployment, {os.cpu_count()} cores ==", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        sim = run_poisonlab([*LATENCY, f"federation.num_rounds={rounds}"], Path(tmp) / "sim")
+        dep = run_poisonlab([*LATENCY, f"federation.num_rounds={rounds}", "engine=deployment"], Path(tmp) / "dep")
+        same = same_metrics(Path(tmp) / "sim", Path(tmp) / "dep")
+    s, d = steady(sim["rounds"]), steady(dep["rounds"])
+    print("\n| engine | s/round (median, rounds 2..R) | start-up s | peak RSS MiB | ratio |\n|---|---|---|---|---|")
+    print(f"| simulation (Ray) | {s:.2f} | {sim['startup']:.1f} | {sim['peak_mb']:.0f} | 1.00 |")
+    print(f"| deployment (5 SuperNodes, TLS + auth) | {d:.2f} | {dep['startup']:.1f} | {dep['peak_mb']:.0f} "
+          f"| {d / s:.2f} |")  # fmt: skip
+    print(f"\nidentical metrics on both engines: {same}", flush=True)
+
+
+def part_two() -> None:
+    print("\n== Part 2: paper A (50 SuperNodes, 5 per round) as a loopback deployment, 3 rounds ==", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        res = run_poisonlab(["engine=deployment", "federation.num_rounds=3", "output.plots=false"],
+                            Path(tmp) / "paper_a")  # fmt: skip
+        first = json.loads((Path(tmp) / "paper_a" / "metrics.jsonl").read_text().splitlines()[0])
+    print("| round 0 (enrolment + evaluation) s | s/round (rounds 1..3) | start-up s | peak RSS MiB | "
+          "most processes at once | accuracy |\n|---|---|---|---|---|---|")  # fmt: skip
+    rounds = " / ".join(f"{t:.1f}" for t in res["rounds"])
+    print(f"| {first['seconds']:.1f} | {rounds} | {res['startup']:.1f} | {res['peak_mb']:.0f} | "
+          f"{res['peak_procs']} | {res['accuracy']:.4f} |", flush=True)  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--skip-load", action="store_true")
+    args = parser.parse_args()
+    if not args.skip_latency:
+        part_one(args.rounds)
+    if not args.skip_load:
+        part_two()
+
+
+if __name__ == "__main__":
+    main()
