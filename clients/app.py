@@ -23,6 +23,9 @@ A malicious client poisons its own data or its own update (the trainable
 parameters; its BatchNorm statistics are its honest ones). Its role comes from
 its node config (``role=malicious`` or ``role=honest``) when the SuperNode was
 given one (a deployment), else from the run's seeded threat model (simulation).
+In a deployment a malicious client of a colluding attack computes the attack
+itself, from the benign updates the round's colluders share through the
+attacker service (:mod:`clients.collusion`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from attacks.threat import ThreatModel
+from clients.collusion import REPORT, collude
 from clients.enrolment import partition_id
 from clients.faults import FAULT_KEY, check_fault, faulty_reply
 from clients.state_store import ClientStateStore, state_root
@@ -176,6 +180,10 @@ def train(msg: Message, context: Context, run: Any) -> Message:
         noise = stream(Stream.UPDATE_POISONING, seed, cid, server_round)
         delta = attack(codec.to_vector(state) - start, generator=noise)
         state = dict(codec.to_state(start + delta, codec.buffers(state)))
+    report = None
+    if kind == "colluding" and run.colluders_on_clients:  # a deployment: this client computes the attack itself
+        state, report = collude(run, context, cid=cid, server_round=server_round, global_state=global_state,
+                                state=state)  # fmt: skip
     metrics = MetricRecord(
         {"train-loss": stats["train_loss"], "num-examples": len(y), "steps": stats["steps"], **extra}
     )
@@ -184,4 +192,6 @@ def train(msg: Message, context: Context, run: Any) -> Message:
         content = faulty_reply(str(context.node_config[FAULT_KEY]), state, metrics)
     if capture is not None:
         content["leakage"] = capture.as_record()
+    if report is not None:
+        content[REPORT] = report
     return Message(content, reply_to=msg)

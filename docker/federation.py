@@ -137,7 +137,27 @@ def federation_problems(
                 f"the run's malicious clients are {drawn} but the SuperNodes with role=malicious serve partitions "
                 f"{malicious}: add attack.num_malicious={len(malicious)} '+attack.malicious_clients=[{ids}]'"
             )
+    if "_target_" in attack and colluding_on_the_server(cfg):
+        problems.append(
+            f"attack={attack.get('name')} is a colluding attack, which the malicious ClientApps of a container "
+            "federation compute themselves through the attacker service (the ServerApp would otherwise compute "
+            "it from every update it sees): add engine=deployment attack.knowledge=partial"
+        )
     return problems
+
+
+def colluding_on_the_server(cfg: dict[str, Any]) -> bool:
+    """Whether the run's attack is a colluding one that its engine leaves to the ServerApp (not engine=deployment)."""
+    from hydra.utils import get_object
+
+    from attacks.registry import kind_of
+    from scripts.build import Run
+
+    try:
+        kind = kind_of(get_object(cfg["attack"]["_target_"]))
+    except Exception:  # noqa: BLE001 (resolve() has checked a real config; an unknown target is no colluding attack)
+        return False
+    return kind == "colluding" and not Run(cfg).colluders_on_clients
 
 
 def resolve(overrides: list[str], out_dir: Path) -> dict[str, Any]:

@@ -189,6 +189,20 @@ class Run:
         return build_threat(self.cfg["attack"], self.federation.num_clients, self.seed)
 
     @cached_property
+    def colluders_on_clients(self) -> bool:
+        """Whether the malicious clients compute the run's colluding attack themselves (a deployment).
+
+        True for a colluding attack on an engine whose class says
+        ``colluders_on_clients`` (``engine=deployment``: the malicious
+        SuperNodes share their benign updates through the attacker service);
+        the ServerApp then installs no server-side wrapper. Read from the
+        engine's class, so no process builds an engine it does not run.
+        """
+        if self.attack_kind != "colluding":
+            return False
+        return bool(getattr(get_object(self.cfg["engine"]["_target_"]), "colluders_on_clients", False))
+
+    @cached_property
     def engine(self) -> Any:
         return instantiate_component(self.cfg["engine"], "engine")
 
@@ -350,13 +364,33 @@ def _check_attack(run: Run, section: dict[str, Any]) -> None:
         # ALIE's z is the federation's (n, m) bound (bind_to_population), never the round's: the ServerApp, which
         # rebuilds the attack from this config in its own process, must get that value, not recompute it
         section["z"] = attack.z
-    if run.attack_kind == "colluding" and not getattr(run.engine, "runs_colluding_attacks", False):
-        knows = getattr(attack, "knowledge", "omniscient")
+    if run.attack_kind == "colluding":
+        _check_colluding_engine(run, section, getattr(attack, "knowledge", "omniscient"))
+
+
+def _check_colluding_engine(run: Run, section: dict[str, Any], knows: str) -> None:
+    """A colluding attack needs an engine that runs it, and on the clients (a deployment) partial knowledge."""
+    name, engine = section.get("name"), run.engine
+    if not getattr(engine, "runs_colluding_attacks", False):
         raise ConfigError(
-            f"attack={section.get('name')} is a colluding attack that only the simulation engine can run "
-            f"(attack.knowledge={knows}: its server-side wrapper computes it from "
-            + ("every honest update of the round" if knows == "omniscient" else "the colluders' own updates")
-            + "); use engine=simulation"
+            f"attack={name} is a colluding attack that engine {type(engine).__name__} cannot run; use "
+            "engine=simulation (its server-side wrapper computes it) or engine=deployment attack.knowledge=partial "
+            "(the malicious SuperNodes compute it through the attacker service)"
+        )
+    if not run.colluders_on_clients:
+        return
+    if knows != "partial":
+        raise ConfigError(
+            f"attack={name} with attack.knowledge={knows} needs every honest update of the round, which only the "
+            "simulation engine's server-side wrapper sees; engine=deployment runs colluding attacks on the "
+            "malicious SuperNodes themselves, from the benign updates they share through the attacker service: "
+            "set attack.knowledge=partial (or use engine=simulation)"
+        )
+    window = getattr(engine, "attacker_window", None)
+    if window is not None and window >= run.federation.round_timeout:
+        raise ConfigError(
+            f"engine.attacker_window={window} must be below federation.round_timeout="
+            f"{run.federation.round_timeout}: the colluders wait that long for each other before they reply"
         )
 
 
@@ -400,6 +434,11 @@ def build_run(cfg: DictConfig) -> Run:
     run.engine  # noqa: B018 (an engine checks its own settings when built)
     _check_attack(run, resolved["attack"])
     resolved["attack"]["malicious_clients"] = list(run.threat.malicious)
+    if hasattr(run.engine, "check_run"):  # an engine that serves a given federation checks the run fits it
+        try:
+            run.engine.check_run(resolved)
+        except ValueError as err:
+            raise ConfigError(f"engine: {err}") from None
 
     resolved["dataset"]["root"] = str(prepare_dataset(cfg.dataset.name, cfg.dataset.root))
     try:

@@ -66,15 +66,22 @@ def _subject_names(hosts: list[str]) -> list[x509.GeneralName]:
     return names
 
 
-def make_tls(folder: Path, hosts: list[str], *, common_name: str = "poisonlab federation CA") -> TlsFiles:
-    """A new CA and a SuperLink certificate it signed, valid for ``hosts`` (names or IPs) and loopback."""
+def make_tls(
+    folder: Path, hosts: list[str], *, common_name: str = "poisonlab federation CA", valid_days: int = VALID_DAYS
+) -> TlsFiles:
+    """A new CA and a SuperLink certificate it signed, valid for ``hosts`` (names or IPs) and loopback.
+
+    Both expire after ``valid_days``; the CA's private key is not kept.
+    """
+    if valid_days < 1:
+        raise ValueError(f"valid_days must be >= 1, got {valid_days}")
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     ca_cert = (
         x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
         .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=VALID_DAYS))
+        .not_valid_after(now + dt.timedelta(days=valid_days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
                                      content_commitment=False, key_encipherment=False, data_encipherment=False,
@@ -85,7 +92,7 @@ def make_tls(folder: Path, hosts: list[str], *, common_name: str = "poisonlab fe
     cert = (
         x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "superlink")]))
         .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=VALID_DAYS))
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=valid_days))
         .add_extension(x509.SubjectAlternativeName(_subject_names(hosts)), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)

@@ -12,6 +12,14 @@ one key pair per SuperNode are made for the run, and the public keys are
 registered before the SuperNodes start. :func:`run_local_deployment` is the
 loopback topology of ``engine=deployment``. Flower's own state, the
 certificates and every process's log live in ``<run folder>/flower/``.
+
+A colluding attack (ALIE, IPM, Min-Max, Min-Sum, Fang et al.'s) runs on the
+malicious SuperNodes themselves with partial knowledge (Fang et al., USENIX
+Security 2020): the launcher starts the attacker service
+(:mod:`scripts.attacker_service`) where ``Topology.attackers`` says, with a
+key made for the run (``<run folder>/flower/certs/attackers.key``), and only
+the malicious SuperNodes learn its address and key, through their node config
+(``attacker-service="host:port" attacker-key-file="<file>"``).
 """
 
 from __future__ import annotations
@@ -21,78 +29,139 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scripts.attacker_service import attacker_service_argv, make_key, service_bin
 from scripts.certificates import make_node_keys, make_tls
-from scripts.flower_run import FlowerSession, flower_bin, port_is_free
+from scripts.flower_run import FlowerSession, flower_bin, port_is_free, wait_for_port
 
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where one process runs: the address and port it listens on, and a prefix for its command line."""
+    """Where one process runs: the address and port it listens on, and a prefix for its command line.
+
+    ``node_config``: more node config for a SuperNode started here (e.g.
+    ``{"fault": "shape"}``, ``{"state-dir": "/var/lib/poisonlab"}``).
+    """
 
     host: str
     port: int
     prefix: tuple[str, ...] = ()
+    node_config: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Topology:
-    """A SuperLink and one SuperNode per client (SuperNode ``i`` serves partition ``i``)."""
+    """A SuperLink and one SuperNode per client (SuperNode ``i`` serves partition ``i``).
+
+    ``attackers``: where the attacker service of a colluding attack listens
+    (reachable from the malicious SuperNodes); needed only by colluding attacks.
+    """
 
     superlink: Endpoint
     supernodes: list[Endpoint] = field(default_factory=list)
+    attackers: Endpoint | None = None
 
     @classmethod
     def loopback(cls, host: str, base_port: int, num_clients: int) -> Topology:
-        """The SuperLink on ``base_port``, SuperNode ``i``'s Runtime API on ``base_port + 1 + i``."""
-        return cls(Endpoint(host, base_port), [Endpoint(host, base_port + 1 + i) for i in range(num_clients)])
+        """The SuperLink on ``base_port``, SuperNode ``i``'s Runtime API on ``base_port + 1 + i``, the attacker
+        service on ``base_port + 1 + num_clients``."""
+        return cls(Endpoint(host, base_port), [Endpoint(host, base_port + 1 + i) for i in range(num_clients)],
+                   Endpoint(host, base_port + 1 + num_clients))  # fmt: skip
+
+
+def attacker_node_config(address: str, key_file: Path | str | None) -> dict[str, str]:
+    """The node config that tells a malicious SuperNode where its attacker service is (and its key file)."""
+    config = {"attacker-service": address}
+    if key_file is not None:
+        config["attacker-key-file"] = str(key_file)
+    return config
 
 
 def supernode_argv(
     link: str, host: str, port: int, partition: int, num_partitions: int, role: str, *,
-    ca: Path | None = None, key: Path | None = None,
+    ca: Path | None = None, key: Path | None = None, node_config: dict[str, str] | None = None,
 ) -> list[str]:  # fmt: skip
     """The command line of one SuperNode: its SuperLink, its own Runtime API port, its partition and role.
 
     ``ca``: reach the SuperLink over HTTPS, trusting this CA (else ``--insecure``).
     ``key``: authenticate with this private key (its public key registered with the SuperLink).
+    ``node_config``: more string-valued node config after the role (e.g. :func:`attacker_node_config`).
     """
     security = ["--insecure"] if ca is None else ["--root-certificates", str(ca)]
     if key is not None:
         security += ["--auth-supernode-private-key", str(key)]
+    pairs = [f"partition-id={partition}", f"num-partitions={num_partitions}", f'role="{role}"']
+    for name, value in (node_config or {}).items():
+        if '"' in value or "\\" in value:
+            raise ValueError(f"node config {name}={value!r}: a value cannot hold a quote or a backslash")
+        pairs.append(f'{name}="{value}"')
     return [flower_bin("flower-supernode"), *security, "--superlink", link, "--host", host, "--port", str(port),
-            "--node-config", f'partition-id={partition} num-partitions={num_partitions} role="{role}"']  # fmt: skip
+            "--node-config", " ".join(pairs)]  # fmt: skip
 
 
 def run_local_deployment(
     cfg: dict[str, Any], *, host: str, base_port: int, client_threads: int, timeout: float,
     on_round: Callable[[dict[str, Any]], None], verbose: bool = False, tls: bool = True, auth: bool = True,
+    attacker_window: float = 30.0,
 ) -> None:  # fmt: skip
     """Run ``cfg`` as a real deployment on loopback (``engine=deployment``) and wait for it."""
     topology = Topology.loopback(host, base_port, int(cfg["federation"]["num_clients"]))
     ports = [topology.superlink.port, *(node.port for node in topology.supernodes)]
+    if colluders_on_clients(cfg) and topology.attackers is not None:
+        ports.append(topology.attackers.port)
     busy = [p for p in ports if not port_is_free(host, p)]
     if busy:
         raise RuntimeError(f"ports {busy[:10]} on {host} are in use; choose another engine.base_port")
     run_deployment(cfg, topology, client_threads=client_threads, timeout=timeout, on_round=on_round,
-                   verbose=verbose, tls=tls, auth=auth)  # fmt: skip
+                   verbose=verbose, tls=tls, auth=auth, attacker_window=attacker_window)  # fmt: skip
+
+
+def colluders_on_clients(cfg: dict[str, Any]) -> bool:
+    """Whether ``cfg``'s attack is a colluding one that its malicious clients compute (through the attacker service).
+
+    Raises ``ValueError`` for a colluding attack whose run was built for an
+    engine that computes it on the server (the simulation's wrapper): such a
+    run would not be attacked at all in a deployment.
+    """
+    from scripts.build import Run  # torch and the attacks: only for a run, not for poisonlab-node's imports
+
+    run = Run(cfg)
+    if run.attack_kind != "colluding":
+        return False
+    if not run.colluders_on_clients:
+        raise ValueError(
+            f"attack={cfg['attack'].get('name')} is a colluding attack and this run was built for an engine that "
+            f"computes it on the server ({cfg['engine'].get('_target_')}); a deployment's malicious SuperNodes "
+            "compute it themselves: build the run with engine=deployment attack.knowledge=partial"
+        )
+    return True
 
 
 def run_deployment(
     cfg: dict[str, Any], topology: Topology, *, client_threads: int, timeout: float,
     on_round: Callable[[dict[str, Any]], None], verbose: bool = False, tls: bool = True, auth: bool = True,
+    attacker_window: float = 30.0,
 ) -> None:  # fmt: skip
     """Start ``topology``'s processes, run ``cfg`` on them and wait for it; stop every process at the end.
 
     ``tls``: the SuperLink serves HTTPS with a CA and certificate made for this
     run, valid for its address (``<run folder>/flower/certs``); ``auth``: every
     SuperNode gets its own key pair, registered with the SuperLink before the
-    SuperNodes start (authentication needs TLS).
+    SuperNodes start (authentication needs TLS). With a colluding attack the
+    attacker service runs at ``topology.attackers`` (always with a key made for
+    the run: it needs no certificate) and answers each round after at most
+    ``attacker_window`` seconds.
     """
     num_clients = int(cfg["federation"]["num_clients"])
     if len(topology.supernodes) != num_clients:
         raise ValueError(f"the topology has {len(topology.supernodes)} SuperNodes for {num_clients} clients")
     if auth and not tls:
         raise ValueError("SuperNode authentication needs TLS (tls=True)")
+    colluding = colluders_on_clients(cfg)
+    if colluding and topology.attackers is None:
+        raise ValueError(
+            "the run's attack is a colluding one: give the Topology an attackers Endpoint (where the attacker "
+            "service listens, reachable from the malicious SuperNodes)"
+        )
     out_dir = Path(cfg["output_dir"])
     link = topology.superlink
     threads = {"OMP_NUM_THREADS": str(client_threads), "MKL_NUM_THREADS": str(client_threads)}
@@ -104,9 +173,32 @@ def run_deployment(
         session.start_superlink(simulation=False, prefix=list(link.prefix))
         if keys:
             session.register([k.public for k in keys])
+        colluder_config: dict[str, str] = {}
+        if colluding and topology.attackers is not None:
+            colluder_config = _start_attacker_service(session, topology.attackers, certs, sorted(malicious),
+                                                      attacker_window)  # fmt: skip
         for i, node in enumerate(topology.supernodes):
             role = "malicious" if i in malicious else "honest"
             argv = supernode_argv(f"{link.host}:{link.port}", node.host, node.port, i, num_clients, role,
-                                  ca=files.ca if files else None, key=keys[i].private if keys else None)  # fmt: skip
+                                  ca=files.ca if files else None, key=keys[i].private if keys else None,
+                                  node_config={**node.node_config,
+                                               **(colluder_config if role == "malicious" else {})})  # fmt: skip
             session.group.start(f"supernode-{i}", [*node.prefix, *argv])
         session.run(cfg, timeout=timeout, on_round=on_round, verbose=verbose)
+
+
+def _start_attacker_service(
+    session: FlowerSession, where: Endpoint, certs: Path, colluders: list[int], window: float
+) -> dict[str, str]:
+    """Start the attacker service in the session (stopped with it); the malicious SuperNodes' node config."""
+    address = f"{where.host}:{where.port}"
+    if ":" in where.host:
+        raise ValueError(f"the attacker service listens on IPv4 or a host name only, got {where.host!r}")
+    key = certs / "attackers.key"
+    if not key.exists():
+        make_key(key)
+    argv = attacker_service_argv(where.host, where.port, key_file=key, colluders=colluders, window=window,
+                                 program=service_bin())  # fmt: skip
+    proc = session.group.start("attackers", [*where.prefix, *argv])
+    wait_for_port(where.host, where.port, 30, proc)
+    return attacker_node_config(address, key)

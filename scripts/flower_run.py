@@ -1,11 +1,13 @@
 """How every poisonlab federation runs through Flower: its own SuperLink, ``flwr run``, follow, stop.
 
-Both engines take Flower's supported path (``flwr run`` against a SuperLink)
-and differ only in the SuperLink they start: :class:`scripts.engines.Simulation`
+Every engine takes Flower's supported path (``flwr run`` against a SuperLink)
+and they differ only in the SuperLink they start: :class:`scripts.engines.Simulation`
 starts it with ``--simulation`` (Flower's simulation runtime then runs the
 ServerApp and one virtual SuperNode per client on Ray, in one process it
 spawns), :class:`scripts.engines.LocalDeployment` starts it plain and adds one
-``flower-supernode`` process per client.
+``flower-supernode`` process per client; :class:`scripts.engines.RemoteFederation`
+starts none and submits to a SuperLink that is already running (an *attached*
+session).
 
 A :class:`FlowerSession` belongs to one run folder and keeps everything of
 Flower's there: its state and app cache (``FLWR_HOME``) and every process's
@@ -37,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from common.runtime import CONFIG_KEY
+from common.text import strip_ansi
 from scripts.certificates import TlsFiles
-from strategies.client_errors import strip_ansi
 
 log = logging.getLogger("poisonlab.flower")
 
@@ -60,6 +62,60 @@ def flower_bin(name: str) -> str:
             f"{name} not found beside {sys.executable}; install poisonlab (flwr[simulation]==1.41.0)"
         )
     return str(path)
+
+
+def write_connection(home: Path, address: str, ca: Path | None) -> None:
+    """Name the SuperLink at ``address`` the default connection of the ``flwr`` CLI whose ``FLWR_HOME`` is ``home``.
+
+    ``ca``: trust this CA certificate (HTTPS); ``None``: plain, insecure connection.
+    """
+    trust = "insecure = true" if ca is None else f"root-certificates = {json.dumps(str(ca))}"
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "{address}"\n{trust}\n'
+    )
+
+
+def flower_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment for Flower's processes and CLI: ``FLWR_HOME``, no update check, this venv first."""
+    return {
+        **os.environ,
+        **(extra or {}),
+        "FLWR_HOME": str(home),
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+
+
+def register_keys(public_keys: list[Path], env: dict[str, str], cwd: Path, *, already_ok: bool = False) -> None:
+    """Register SuperNode public keys with the SuperLink of ``env``'s default connection (one process for all).
+
+    Runs ``flwr supernode register <key> poisonlab`` for each key in one Python
+    process. ``already_ok``: a key the SuperLink already holds (Flower: "Public
+    key already in use", e.g. after a restart on a persistent ``--database``)
+    counts as registered.
+
+    Raises
+    ------
+    RuntimeError
+        When a key cannot be registered, with Flower's output.
+    """
+    script = (
+        "import sys\nimport click\nfrom flwr.cli.app import app\n"
+        "already_ok = sys.argv[1] == '1'\n"
+        "for key in sys.argv[2:]:\n"
+        "    try:\n"
+        f"        app(['supernode', 'register', key, {CONNECTION!r}], standalone_mode=False)\n"
+        "    except click.ClickException as err:\n"
+        "        if not (already_ok and 'already in use' in str(err).lower()):\n"
+        "            raise\n"
+        "        print(f'{key}: already registered')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, "1" if already_ok else "0", *map(str, public_keys)], env=env,
+        capture_output=True, text=True, timeout=60 + 5 * len(public_keys), cwd=cwd,
+    )  # fmt: skip
+    if out.returncode != 0:
+        raise RuntimeError(f"registering SuperNode keys failed ({out.returncode}): {out.stdout}\n{out.stderr}")
 
 
 def free_port(host: str) -> int:
@@ -230,31 +286,32 @@ class FlowerSession:
         Serve the SuperLink over HTTPS with these files; the ``flwr`` CLI trusts their CA.
     auth : bool
         SuperNode authentication: only registered keys (:meth:`register`) may join.
+    trust : Path, optional
+        The CA certificate the ``flwr`` CLI trusts when the session attaches to a
+        SuperLink started elsewhere (no :meth:`start_superlink`; with neither
+        ``tls`` nor ``trust`` the CLI connects without TLS).
+
+    A session that never starts a SuperLink is *attached* (:attr:`attached`):
+    :meth:`run` submits to the SuperLink at ``host:port`` and, when the session
+    ends on an error, Ctrl-C or SIGTERM, stops its run there (``flwr stop``), since
+    no SuperLink of its own goes down with it.
     """
 
     def __init__(
         self, out_dir: Path, *, host: str, port: int, env: dict[str, str] | None = None,
-        tls: TlsFiles | None = None, auth: bool = False,
+        tls: TlsFiles | None = None, auth: bool = False, trust: Path | None = None,
     ) -> None:  # fmt: skip
         self.out_dir = Path(out_dir).resolve()
         self.folder = self.out_dir / FLOWER_FOLDER
         self.home = self.folder / "home"
         self.home.mkdir(parents=True, exist_ok=True)
         self.host, self.port, self.tls, self.auth = host, port, tls, auth
-        trust = "insecure = true" if tls is None else f"root-certificates = {json.dumps(str(tls.ca))}"
-        (self.home / "config.toml").write_text(
-            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "{host}:{port}"\n{trust}\n'
-        )
-        self.env = {
-            **os.environ,
-            **(env or {}),
-            "FLWR_HOME": str(self.home),
-            "FLWR_DISABLE_UPDATE_CHECK": "1",
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        }
+        write_connection(self.home, f"{host}:{port}", tls.ca if tls is not None else trust)
+        self.env = flower_env(self.home, env)
         self.group = ProcessGroup(self.folder, self.env)
         self.env = self.group.env  # every process of the session, `flwr` CLI calls too, carries the run's mark
         self.link: subprocess.Popen | None = None
+        self._stream: LogStream | None = None
 
     def __enter__(self) -> FlowerSession:
         # `kill <poisonlab>` (SIGTERM) must stop the run's processes as Ctrl-C does, not orphan them
@@ -263,7 +320,19 @@ class FlowerSession:
             self._sigterm = signal.signal(signal.SIGTERM, _terminate)
         return self
 
+    @property
+    def attached(self) -> bool:
+        """Whether the session submits to a SuperLink it did not start (and so must stop its run there)."""
+        return self.link is None
+
+    @property
+    def run_id(self) -> int | None:
+        """The id of the run :meth:`run` submitted, once the SuperLink has accepted it."""
+        return self._stream.run_id if self._stream is not None else None
+
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is not None and self.attached and self.run_id is not None:
+            self.stop_run(self.run_id)  # the SuperLink outlives the session: do not leave the run going on there
         try:
             # After a finished run nothing is left to save (Flower's state is in memory): stop at once.
             self.group.stop(grace=2.0 if exc_type is None else 10.0)
@@ -298,18 +367,25 @@ class FlowerSession:
 
     def register(self, public_keys: list[Path]) -> None:
         """Register SuperNode public keys with the SuperLink (``flwr supernode register``, one process for all)."""
-        script = (
-            "import sys\nfrom flwr.cli.app import app\n"
-            "for key in sys.argv[1:]:\n"
-            f"    app(['supernode', 'register', key, {CONNECTION!r}], standalone_mode=False)\n"
-        )
-        out = subprocess.run(
-            [sys.executable, "-c", script, *map(str, public_keys)], env=self.env, capture_output=True, text=True,
-            timeout=60 + 5 * len(public_keys), cwd=self.folder,
-        )  # fmt: skip
-        if out.returncode != 0:
-            raise RuntimeError(f"registering SuperNode keys failed ({out.returncode}): {out.stdout}\n{out.stderr}")
+        register_keys(public_keys, self.env, self.folder)
         log.info("registered %d SuperNode keys", len(public_keys))
+
+    def stop_run(self, run_id: int) -> None:
+        """Ask the SuperLink to stop run ``run_id`` (``flwr stop``); a run that has finished is left alone.
+
+        Failures are logged, not raised: this runs while the session ends on another error.
+        """
+        try:
+            answer = self.flwr(["stop", str(run_id), CONNECTION], timeout=30)
+        except (RuntimeError, subprocess.TimeoutExpired) as err:
+            answer = {"success": False, "error-message": str(err)}
+        reason = str(answer.get("error-message", answer))
+        if answer.get("success"):
+            log.info("stopped run %d on the SuperLink %s:%d", run_id, self.host, self.port)
+        elif "already finished" in reason:
+            log.info("run %d had already finished on the SuperLink", run_id)
+        else:
+            log.warning("could not stop run %d on the SuperLink %s:%d: %s", run_id, self.host, self.port, reason)
 
     def stage(self, cfg: dict[str, Any]) -> tuple[Path, Path]:
         """Write the app ``flwr run`` submits and the run config holding ``cfg``; their paths."""
@@ -363,7 +439,7 @@ class FlowerSession:
         argv = [flower_bin("flwr"), "run", str(app), CONNECTION, "--run-config", str(run_config), "--stream"]
         if federation_config:
             argv += ["--federation-config", " ".join(f"{k}={_toml(v)}" for k, v in federation_config.items())]
-        stream = LogStream(self.folder / "stream.log", echo=verbose)
+        stream = self._stream = LogStream(self.folder / "stream.log", echo=verbose)
         proc = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env, cwd=self.folder,
             start_new_session=True, text=True, errors="replace",

@@ -39,6 +39,7 @@ from common.runtime import CONFIG_KEY, uses_channels_last
 from common.streams import Stream, stream
 from common.training import confusion_matrix, step_batches, train_on_batches
 from server.checkpoint import load_checkpoint, restore, save_checkpoint, server_state, truncate_metrics
+from server.collusion import ReportedCollusion, observers
 from server.evaluate import detection_scores, metrics_from_confusion, targeted_metrics
 from server.leakage import LeakageAttack
 from server.results import METRICS_FILE, RunRecorder, write_plots, write_summary
@@ -135,7 +136,7 @@ def threat_sampler(threat: ThreatModel, per_round: int, seed: int):
 
 
 class ColludingAttackers:
-    """Server-side wrapper of a colluding attack (simulation only).
+    """Server-side wrapper of a colluding attack (simulation only; a deployment's colluders: ``server.collusion``).
 
     In rounds of the attack window it replaces the rows of the malicious
     participants with what the attack computes from what the colluders know
@@ -313,7 +314,10 @@ def _run_rounds(
 
     attack, threat = run.attack, run.threat
     malicious = set(threat.malicious)
-    colluders = ColludingAttackers(threat, attack, seed) if run.attack_kind == "colluding" else None
+    # a colluding attack: the simulation's server-side wrapper, or (a deployment) the colluders' own reports
+    on_clients = run.colluders_on_clients
+    colluders = ColludingAttackers(threat, attack, seed) if run.attack_kind == "colluding" and not on_clients else None
+    reported = ReportedCollusion(threat, attack.knowledge) if on_clients else None
     rule = run.rule
     leakage = LeakageAttack(run, out_dir) if run.leakage is not None else None
     node_of = enrol_clients(grid, fed.num_clients, fed.connect_timeout, fed.enrol_batch)
@@ -330,7 +334,9 @@ def _run_rounds(
         rejoin=lambda g, known: enrol_newcomers(g, known, fed.num_clients, min(fed.round_timeout, 60.0)),
         server_update=RootSetTrainer(run) if getattr(rule, "needs_server_update", False) else None,
         client_config=leakage.client_config if leakage is not None else None,
-        observer=leakage.observe if leakage is not None else None,
+        observer=observers(
+            leakage.observe if leakage is not None else None, reported.observe if reported is not None else None
+        ),
     )
     epsilon_of: dict[int, float] = {}  # each client's latest cumulative DP-SGD epsilon
     root_trainer = strategy.server_update
@@ -386,6 +392,8 @@ def _run_rounds(
             line.update(rec.as_metrics())
             line["malicious_in_round"] = len(set(rec.sampled) & malicious)
             line["collusion"] = colluders.notes.get(server_round) if colluders is not None else None
+            if reported is not None:
+                line["collusion"] = reported.note(server_round, rec.valid)
             scored = rec.detects and rec.active and rec.skipped is None
             line.update(detection_scores(rec.valid, rec.flagged, malicious, scored=scored))
             if run.dp_sgd is not None:

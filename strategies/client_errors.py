@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import re
 
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+from common.text import strip_ansi
+
+__all__ = ["FAILURE_ENTRY_CHARS", "failure_entry", "strip_ansi"]
+
 #: Flower's ``Error.reason`` for a raising ClientApp: ``str(type(ex)) + ":<'" + str(ex) + "'>"``
 _FLOWER_REASON = re.compile(r"<class '(?P<type>[^']+)'>:<'(?P<body>.*)'>", re.DOTALL)
 _EXCEPTION_LINE = re.compile(r"(?P<type>[A-Za-z_][\w.]*(?:\([\w.]*\))?)(?::[ ]?(?P<message>.*))?")
 #: exceptions Flower and Ray wrap a ClientApp's own exception in
 _WRAPPERS = ("ClientAppException", "RayTaskError", "RayActorError")
 FAILURE_ENTRY_CHARS = 300
-
-
-def strip_ansi(text: str) -> str:
-    """``text`` without ANSI terminal escape codes (the colours of Ray's tracebacks)."""
-    return _ANSI.sub("", text)
 
 
 def _short(type_name: str) -> str:

@@ -6,6 +6,8 @@
   node config are :func:`scripts.deploy.supernode_argv`'s, the SuperLink's are
   :func:`scripts.flower_run.superlink_argv`'s, on the same ports (``conf/engine/deployment.yaml``), plus
   only what containers and security add; every flag exists, undeprecated, in the installed Flower CLIs;
+  the colluders' attacker service runs :func:`scripts.attacker_service.attacker_service_argv`'s command,
+  reached only by the malicious ClientApps, which alone are told its address and key;
 * secure by default: TLS, SuperNode authentication and SuperExec secrets unless ``compose.insecure.yaml``
   is added, which needs no certificate at all;
 * ``docker/certs/make_certs.sh`` makes a CA, a server certificate that verifies against it with the
@@ -58,6 +60,8 @@ SUPERLINK_SECURITY = {"--ssl-ca-certfile", "--ssl-certfile", "--ssl-keyfile", "-
                       "--superexec-auth-secret-file"}  # fmt: skip
 SUPERNODE_EXTRA = {"--isolation"}
 SUPERNODE_SECURITY = {"--root-certificates", "--auth-supernode-private-key", "--superexec-auth-secret-file"}
+ATTACKERS = "attackers:19093"  # the colluders' attacker service, as the malicious SuperNodes' node config names it
+ATTACKERS_KEY = "/app/certs/attackers.secret"  # its key, where the malicious ClientApp containers have it
 
 
 @cache
@@ -123,6 +127,11 @@ def numbered(model: dict[str, Any], prefix: str) -> list[tuple[int, dict[str, An
     return sorted(found, key=lambda pair: pair[0])
 
 
+def malicious_partitions(model: dict[str, Any]) -> list[int]:
+    nodes = numbered(model, "supernode-")
+    return [i for i, s in nodes if node_config(value(argv(s), "--node-config"))["role"] == '"malicious"']
+
+
 # --- the validators -------------------------------------------------------------------------------------
 
 
@@ -152,7 +161,7 @@ def test_dockerfiles_have_no_hadolint_errors():
 
 @pytest.mark.parametrize("files", [SECURE, INSECURE, ("compose.supernodes.yaml",)], ids=["secure", "insecure", "hosts"])
 def test_supernodes_run_the_launchers_command(files):
-    from scripts.deploy import supernode_argv
+    from scripts.deploy import attacker_node_config, supernode_argv
 
     nodes = numbered(resolved(files), "supernode-")
     n = len(nodes)
@@ -160,9 +169,12 @@ def test_supernodes_run_the_launchers_command(files):
     for i, service in nodes:
         args = argv(service)
         config = node_config(value(args, "--node-config"))
-        assert config.keys() == {"partition-id", "num-partitions", "role"}
         role = config["role"].strip('"')
-        launcher = supernode_argv(f"superlink:{BASE_PORT}", "0.0.0.0", SUPERNODE_PORT, i, n, role)
+        # a malicious SuperNode also learns the attacker service (and its key, unless it runs --insecure)
+        extra = attacker_node_config(ATTACKERS, None if files == INSECURE else ATTACKERS_KEY)
+        assert config.keys() == {"partition-id", "num-partitions", "role", *(extra if role == "malicious" else ())}
+        launcher = supernode_argv(f"superlink:{BASE_PORT}", "0.0.0.0", SUPERNODE_PORT, i, n, role,
+                                  node_config=extra if role == "malicious" else None)  # fmt: skip
         assert Path(launcher[0]).name == args[0] == "flower-supernode"
         # same partition, count and role, written the same way
         assert value(args, "--node-config") == value(launcher, "--node-config")
@@ -210,18 +222,56 @@ def test_each_clientapp_reaches_only_its_supernode(files):
     model = resolved(files)
     nodes, apps = dict(numbered(model, "supernode-")), dict(numbered(model, "clientapp-"))
     assert apps.keys() == nodes.keys()
+    malicious = malicious_partitions(model)
     for i, app in apps.items():
         args = argv(app)
         assert args[:3] == ["flower-superexec", "--runtime-api-address", f"supernode-{i}:{SUPERNODE_PORT}"]
-        assert set(app["networks"]) == {f"pair-{i}"} and model["networks"][f"pair-{i}"]["internal"] is True
+        # a malicious ClientApp also reaches the colluders' attacker service, and only it
+        colluder = {"colluders"} if i in malicious else set()
+        assert set(app["networks"]) == {f"pair-{i}"} | colluder
+        assert model["networks"][f"pair-{i}"]["internal"] is True
         assert set(nodes[i]["networks"]) == {"default", f"pair-{i}"}
         assert f"{SUPERNODE_PORT}" in " ".join(nodes[i]["healthcheck"]["test"])
-        if files == SECURE:  # the pair shares one secret file, no other pair's
-            assert {s["source"] for s in app["secrets"]} == {f"supernode-{i}-secret"}
+        if files == SECURE:  # the pair shares one secret file, no other pair's (and the colluders' key)
+            assert {s["source"] for s in app["secrets"]} == {f"supernode-{i}-secret"} | (
+                {"attackers-secret"} if colluder else set()
+            )
             assert f"supernode-{i}-secret" in {s["source"] for s in nodes[i]["secrets"]}
             assert flags(args) == {"--runtime-api-address", "--insecure", "--superexec-auth-secret-file"}
         else:
             assert flags(args) == {"--runtime-api-address", "--insecure"}
+
+
+@pytest.mark.parametrize("files", [SECURE, INSECURE, ("compose.supernodes.yaml",)], ids=["secure", "insecure", "hosts"])
+def test_attacker_service_runs_the_launchers_command_for_the_malicious_clientapps_only(files):
+    from scripts.attacker_service import attacker_service_argv, parser
+
+    model = resolved(files)
+    service = model["services"]["attackers"]
+    args = argv(service)
+    malicious = malicious_partitions(model)
+    assert malicious and value(args, "--colluders") == ",".join(map(str, malicious))  # MALICIOUS_PARTITIONS
+    host, port = ATTACKERS.split(":")
+    key = None if files == INSECURE else ATTACKERS_KEY
+    launcher = attacker_service_argv("0.0.0.0", int(port), key_file=key, colluders=malicious, window=30)
+    assert args == launcher  # the same command as poisonlab engine=deployment starts, flag for flag
+    parser().parse_args(args[1:])  # and every flag is one poisonlab-attackers takes
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts[args[0]] == "scripts.attacker_service:main"
+    assert service["image"] == model["services"]["clientapp-0"]["image"]  # the poisonlab image
+    assert port in " ".join(service["healthcheck"]["test"])
+    # its network is internal and joined by the malicious ClientApps only: no SuperNode, no honest ClientApp
+    assert set(service["networks"]) == {"colluders"} and model["networks"]["colluders"]["internal"] is True
+    on_it = {name for name, s in model["services"].items() if "colluders" in (s.get("networks") or {})}
+    assert on_it == {host} | {f"clientapp-{i}" for i in malicious}
+    for i in malicious:
+        assert model["services"][f"clientapp-{i}"]["depends_on"][host]["condition"] == "service_healthy"
+    if key is not None:  # the key file it reads is the one the malicious ClientApps get
+        assert {(s["source"], s["target"]) for s in service["secrets"]} == {("attackers-secret", key)}
+        for i in malicious:
+            assert ("attackers-secret", key) in {
+                (s["source"], s["target"]) for s in model["services"][f"clientapp-{i}"]["secrets"]
+            }
 
 
 def test_secure_by_default_and_insecure_needs_no_certificates():
@@ -343,6 +393,7 @@ def test_make_certs_makes_a_verified_server_certificate(certs):
     assert (link / "ca.crt").read_bytes() == (out / "supernodes/ca.crt").read_bytes() == ca
     assert stat.S_IMODE(out.stat().st_mode) == 0o700 and stat.S_IMODE((out / "ca/ca.key").stat().st_mode) == 0o600
     assert len((link / "superexec.secret").read_bytes()) == 64
+    assert len((out / "supernodes/attackers.secret").read_bytes()) == 64  # the colluders' attacker service key
 
 
 def test_make_certs_makes_supernode_keys_flower_loads(certs, tmp_path):
@@ -392,3 +443,10 @@ def test_submit_refuses_a_run_that_does_not_fit_the_federation():
     (problem,) = fed.federation_problems(cfg, data_root="/data", num_partitions=5, malicious=[3, 4])
     assert "attack.num_malicious=2 '+attack.malicious_clients=[3,4]'" in problem
     assert fed.parse_partitions("4, 3") == [3, 4] and fed.parse_partitions("") == []
+    # a colluding attack runs on the malicious ClientApps (the attacker service), never on the ServerApp
+    alie = {**cfg, "attack": {"_target_": "attacks.colluding_stats.ALIE", "name": "alie", "malicious_clients": [4]},
+            "engine": {"_target_": "scripts.engines.Simulation"}}  # fmt: skip
+    (problem,) = fed.federation_problems(alie, data_root="/data", num_partitions=5, malicious=[4])
+    assert "attack=alie is a colluding attack" in problem and "engine=deployment attack.knowledge=partial" in problem
+    deployed = {**alie, "engine": {"_target_": "scripts.engines.LocalDeployment"}}
+    assert fed.federation_problems(deployed, data_root="/data", num_partitions=5, malicious=[4]) == []

@@ -15,6 +15,7 @@
 #       ca.crt                         the CA that signed the SuperLink's certificate
 #       supernode-<i>.key / .pub       EC P-384 key pair of SuperNode i, OpenSSH format (what flwr 1.41 reads)
 #       supernode-<i>.secret           shared secret of SuperNode i and its ClientApp SuperExec
+#       attackers.secret               key of the colluders' attacker service, shared by the malicious ClientApps
 #
 # Existing files are kept, so the script can be rerun to add SuperNodes (-n, --first); delete a file to
 # remake it (e.g. superlink/server.crt after adding a -H name). DIR is private (0700): the files inside are
@@ -173,6 +174,7 @@ make_nodes() {
     secret "$sn/supernode-$i.secret"
     if [[ -d "$link/authorized" ]]; then cp "$sn/supernode-$i.pub" "$link/authorized/"; public "$link/authorized/supernode-$i.pub"; fi
   done
+  secret "$sn/attackers.secret"
 }
 
 if [[ "$mode" == all ]]; then

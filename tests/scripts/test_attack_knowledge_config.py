@@ -36,10 +36,20 @@ def composed(*overrides: str):
         (["attack=sign_flip", "+attack.knowledge=omniscient"], "attack=sign_flip is an update attack"),
         (["+attack.knowledge=partial"], "attack=none is no attack"),
         (
-            ["attack=alie", "attack.knowledge=partial", "engine=deployment"],
-            "only the simulation engine can run (attack.knowledge=partial",
+            ["attack=ipm", "engine=deployment"],
+            "attack=ipm with attack.knowledge=omniscient needs every honest update of the round, which only the "
+            "simulation engine's server-side wrapper sees; engine=deployment runs colluding attacks on the "
+            "malicious SuperNodes themselves",
         ),
-        (["attack=ipm", "engine=deployment"], "only the simulation engine can run (attack.knowledge=omniscient"),
+        (["attack=fang_krum", "engine=deployment"], "set attack.knowledge=partial (or use engine=simulation)"),
+        (
+            ["attack=alie", "attack.knowledge=partial", "engine=deployment", "engine.attacker_window=600"],
+            "engine.attacker_window=600.0 must be below federation.round_timeout=600",
+        ),
+        (
+            ["attack=alie", "attack.knowledge=partial", "engine=deployment", "engine.attacker_window=0"],
+            "engine.attacker_window must be > 0 seconds, got 0",
+        ),
     ],
 )
 def test_bad_knowledge_is_a_config_error_naming_the_key_and_the_values(overrides, message):
@@ -55,6 +65,18 @@ def test_every_colluding_attack_takes_either_knowledge(name, knowledge, fmnist_r
     assert run.attack.knowledge == knowledge and run.cfg["attack"]["knowledge"] == knowledge
     # the ServerApp rebuilds the attack from the resolved config: same knowledge there
     assert run_from_json(json.dumps(run.cfg)).attack.knowledge == knowledge
+
+
+@pytest.mark.parametrize("name", COLLUDING)
+def test_a_deployment_runs_every_colluding_attack_on_its_clients_with_partial_knowledge(name, fmnist_root):
+    run = build_run(composed(f"attack={name}", "attack.knowledge=partial", "attack.num_malicious=2",
+                             "engine=deployment"))  # fmt: skip
+    assert run.colluders_on_clients  # the malicious SuperNodes compute it; the ServerApp installs no wrapper
+    rebuilt = run_from_json(json.dumps(run.cfg))  # what the ServerApp and every ClientApp build from the run config
+    assert rebuilt.colluders_on_clients and rebuilt.attack.knowledge == "partial"
+    simulated = build_run(composed(f"attack={name}", "attack.knowledge=partial", "attack.num_malicious=2"))
+    assert not simulated.colluders_on_clients
+    assert not build_run(composed("attack=sign_flip", "engine=deployment")).colluders_on_clients
 
 
 def test_the_default_is_omniscient(fmnist_root):

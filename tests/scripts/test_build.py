@@ -23,7 +23,8 @@ def composed(*overrides: str):
 def test_default_config_validates(fmnist_root):
     resolved = validate(composed())
     assert resolved["federation"] == {
-        "num_clients": 50, "clients_per_round": 5, "num_rounds": 20, "round_timeout": 600, "connect_timeout": 120
+        "num_clients": 50, "clients_per_round": 5, "num_rounds": 20, "round_timeout": 600, "connect_timeout": 120,
+        "enrol_batch": 16,
     }  # fmt: skip
     assert resolved["client"]["batch_size"] == 4 and resolved["client"]["lr"] == 0.001
     assert resolved["dataset"]["root"] == fmnist_root
@@ -51,7 +52,7 @@ def test_default_config_validates(fmnist_root):
         (["attack=label_flip", "attack.num_malicious=51"], "got num_malicious=51; lower it or raise num_clients"),
         (["attack=badnets", "attack.num_malicious=null", "attack.fraction=1.2"], "got fraction=1.2"),
         (["attack=label_flip", "attack.source=12"], "attack.source=12 is not a class of this dataset (0..9)"),
-        (["attack=alie", "engine=deployment"], "only the simulation engine can run"),
+        (["attack=alie", "engine=deployment"], "attack=alie with attack.knowledge=omniscient needs every honest"),
         (["attack=alie", "attack.num_malicious=30"], "s = floor(n/2 + 1) - m = -4 <= 0"),
         (["attack=label_flip", "window=late", "attack.num_malicious=48"], "k=5 > 2 benign clients"),
         (["strategy=krum", "strategy.f=2"], "krum needs n > 2f + 2 replies, got n=5 with f=2"),

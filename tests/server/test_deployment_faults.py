@@ -1,4 +1,4 @@
-"""Faults of a real deployment: a SuperNode process killed between rounds.
+"""Faults of a real deployment: a SuperNode killed between rounds, one that restarts, one that sends garbage.
 
 A loopback deployment (TLS and authentication on, as by default) of three
 SuperNodes; once round 1 is recorded, SuperNode 2's process group is killed.
