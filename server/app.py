@@ -48,6 +48,12 @@ from strategies.robust import RobustStrategy
 log = logging.getLogger("poisonlab")
 
 
+def enrolment_queries(nodes: list[int]) -> list[Message]:
+    """One enrolment question per node: which client (partition) do you serve?"""
+    query = RecordDict({"config": ConfigRecord({"ask": "enrolment"})})
+    return [Message(query, message_type=MessageType.QUERY, dst_node_id=n) for n in nodes]
+
+
 def enrol_clients(grid: Grid, num_clients: int, timeout: float, batch: int = 0) -> dict[int, int]:
     """Wait for ``num_clients`` SuperNodes and learn which client id each one serves.
 
@@ -66,11 +72,10 @@ def enrol_clients(grid: Grid, num_clients: int, timeout: float, batch: int = 0) 
                 f"within {timeout:.0f}s (federation.connect_timeout)"
             )
         time.sleep(0.5)
-    query = RecordDict({"config": ConfigRecord({"ask": "enrolment"})})
     size = batch if batch > 0 else len(nodes)
     replies = []
     for start in range(0, len(nodes), size):
-        wave = [Message(query, message_type=MessageType.QUERY, dst_node_id=n) for n in nodes[start : start + size]]
+        wave = enrolment_queries(nodes[start : start + size])
         replies.extend(grid.send_and_receive(wave, timeout=max(1.0, deadline - time.monotonic())))
     node_of: dict[int, int] = {}
     for reply in replies:
@@ -106,10 +111,7 @@ def enrol_newcomers(grid: Grid, node_of: dict[int, int], num_clients: int, timeo
     new = [n for n in grid.get_node_ids() if n not in known]
     if not new:
         return {}
-    query = RecordDict({"config": ConfigRecord({"ask": "enrolment"})})
-    replies = grid.send_and_receive(
-        [Message(query, message_type=MessageType.QUERY, dst_node_id=n) for n in new], timeout=timeout
-    )
+    replies = grid.send_and_receive(enrolment_queries(new), timeout=timeout)
     rejoined: dict[int, int] = {}
     for reply in replies:
         node = reply.metadata.src_node_id
