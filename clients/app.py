@@ -36,14 +36,14 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from attacks.threat import ThreatModel
-from clients.collusion import REPORT, collude
+from clients.collusion import collude
 from clients.enrolment import partition_id
 from clients.faults import FAULT_KEY, check_fault, faulty_reply
 from clients.state_store import ClientStateStore, state_root
 from common.data import to_float
 from common.dp_training import sampling_plan, train_private
 from common.privacy import PrivacyLedger
-from common.runtime import CAPTURE_STEPS_KEY, uses_channels_last
+from common.runtime import CAPTURE_STEPS_KEY, COLLUSION_REPORT_KEY, uses_channels_last
 from common.streams import Stream, derived_seed, stream
 from common.training import train_epochs
 
@@ -193,5 +193,5 @@ def train(msg: Message, context: Context, run: Any) -> Message:
     if capture is not None:
         content["leakage"] = capture.as_record()
     if report is not None:
-        content[REPORT] = report
+        content[COLLUSION_REPORT_KEY] = report
     return Message(content, reply_to=msg)

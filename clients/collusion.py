@@ -44,8 +44,6 @@ from common.streams import Stream, stream
 
 SERVICE_KEY = "attacker-service"
 KEY_FILE_KEY = "attacker-key-file"
-#: the reply's record that says what the colluder did (read by the harness only)
-REPORT = "collusion"
 WIRE_DTYPE = "float32"
 
 

@@ -22,11 +22,16 @@ def partition_id(context: Context) -> int:
 
 
 def enrol(msg: Message, context: Context) -> Message:
-    """Tell the server which client (partition) this SuperNode serves."""
+    """Tell the server which client (partition) this SuperNode serves, and its node config's role.
+
+    ``role`` is ``"malicious"`` or ``"honest"`` as the SuperNode was started,
+    ``""`` when it was given none (a simulation: the threat model decides).
+    """
     reply = ConfigRecord(
         {
             "partition-id": partition_id(context),
             "num-partitions": int(context.node_config.get("num-partitions", -1)),
+            "role": str(context.node_config.get("role", "")),
         }
     )
     return Message(RecordDict({"enrolment": reply}), reply_to=msg)

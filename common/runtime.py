@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 CONFIG_KEY = "poisonlab-config"
 #: train-message config key: how many local steps a client the leakage attack targets copies into its reply
 CAPTURE_STEPS_KEY = "leakage-capture-steps"
+#: reply record in which a colluder of a deployment says what it did (read by the server's harness only)
+COLLUSION_REPORT_KEY = "collusion"
 
 
 def resolve_device(requested: str) -> torch.device:

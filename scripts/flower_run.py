@@ -350,7 +350,11 @@ class FlowerSession:
         """
         argv = superlink_argv(self.host, self.port, simulation=simulation, tls=self.tls, auth=self.auth)
         self.link = self.group.start("superlink", [*(prefix or []), *argv])
-        wait_for_port(self.host, self.port, 60, self.link)
+        try:
+            wait_for_port(self.host, self.port, 60, self.link)
+        except (TimeoutError, RuntimeError) as err:
+            tail = "\n".join((self.group.log_dir / "superlink.log").read_text(errors="replace").splitlines()[-20:])
+            raise type(err)(f"{err}; the SuperLink's log ends with:\n{tail}") from None
         log.info("SuperLink listening on %s:%d (simulation=%s)", self.host, self.port, simulation)
         return self.link
 

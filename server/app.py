@@ -23,6 +23,7 @@ import math
 import random
 import statistics
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -54,15 +55,37 @@ def enrolment_queries(nodes: list[int]) -> list[Message]:
     return [Message(query, message_type=MessageType.QUERY, dst_node_id=n) for n in nodes]
 
 
-def enrol_clients(grid: Grid, num_clients: int, timeout: float, batch: int = 0) -> dict[int, int]:
+def role_mismatch(reply: Message, cid: int, malicious: Collection[int] | None) -> str | None:
+    """Why the role a SuperNode was started with contradicts the run's threat model (``None``: it agrees).
+
+    A SuperNode started with no role (simulation) agrees with any threat
+    model: its ClientApp asks the threat model. ``malicious``: the run's
+    malicious client ids (``None``: not checked).
+    """
+    role = str(reply.content["enrolment"].get("role", ""))
+    if malicious is None or role == "" or (role == "malicious") == (cid in malicious):
+        return None
+    wanted = "malicious" if cid in malicious else "honest"
+    return (
+        f"SuperNode {reply.metadata.src_node_id} serves client {cid} with role={role!r}, but the run's threat model "
+        f"makes client {cid} {wanted} (attack.malicious_clients={sorted(malicious)}): start that SuperNode with "
+        f"role=\"{wanted}\", or give the run '+attack.malicious_clients=[...]' listing the SuperNodes started malicious"
+    )
+
+
+def enrol_clients(
+    grid: Grid, num_clients: int, timeout: float, batch: int = 0, malicious: Collection[int] | None = None
+) -> dict[int, int]:
     """Wait for ``num_clients`` SuperNodes and learn which client id each one serves.
 
     The SuperNodes are asked ``batch`` at a time (``federation.enrol_batch``; 0:
     all at once): in a deployment each question starts a ClientApp process on
     its SuperNode (a light one: enrolment imports Flower only), so a batch
     bounds how many run at once. Returns client id -> node id. Fails if a
-    SuperNode is missing, a partition id is claimed twice or out of range, or
-    the node config disagrees with the run's ``federation.num_clients``.
+    SuperNode is missing, a partition id is claimed twice or out of range, the
+    node config disagrees with the run's ``federation.num_clients``, or a
+    SuperNode's role contradicts the run's ``malicious`` clients (a malicious
+    SuperNode the run would score as honest, or the reverse).
     """
     deadline = time.monotonic() + timeout
     while len(nodes := list(grid.get_node_ids())) < num_clients:
@@ -90,6 +113,8 @@ def enrol_clients(grid: Grid, num_clients: int, timeout: float, batch: int = 0) 
             )
         if cid in node_of:
             raise RuntimeError(f"partition-id={cid} is claimed by two SuperNodes")
+        if (mismatch := role_mismatch(reply, cid, malicious)) is not None:
+            raise RuntimeError(mismatch)
         node_of[cid] = reply.metadata.src_node_id
     if len(node_of) != num_clients:
         missing = sorted(set(range(num_clients)) - set(node_of))
@@ -97,15 +122,18 @@ def enrol_clients(grid: Grid, num_clients: int, timeout: float, batch: int = 0) 
     return node_of
 
 
-def enrol_newcomers(grid: Grid, node_of: dict[int, int], num_clients: int, timeout: float) -> dict[int, int]:
+def enrol_newcomers(
+    grid: Grid, node_of: dict[int, int], num_clients: int, timeout: float, malicious: Collection[int] | None = None
+) -> dict[int, int]:
     """Client id -> node id of SuperNodes that connected since enrolment (a restarted SuperNode rejoining).
 
     A SuperNode that restarts with its registered key (authentication on)
     keeps its node id; without authentication it comes back under a new one.
     Each round the ServerApp asks any node it does not know which client it
     serves, and sends that client's next messages there. A newcomer that fails
-    to answer or claims an id outside the federation is left out (logged); the
-    round goes on.
+    to answer, claims an id outside the federation or has a role that
+    contradicts the run's ``malicious`` clients is left out (logged); the round
+    goes on.
     """
     known = set(node_of.values())
     new = [n for n in grid.get_node_ids() if n not in known]
@@ -122,6 +150,9 @@ def enrol_newcomers(grid: Grid, node_of: dict[int, int], num_clients: int, timeo
         if not 0 <= cid < num_clients:
             log.warning("SuperNode %d connected after enrolment with partition-id=%d: not a client of this run",
                         node, cid)  # fmt: skip
+            continue
+        if (mismatch := role_mismatch(reply, cid, malicious)) is not None:
+            log.warning("left out: %s", mismatch)
             continue
         log.info("client %d rejoined on SuperNode %d (was %s)", cid, node, node_of.get(cid))
         rejoined[cid] = node
@@ -322,7 +353,7 @@ def _run_rounds(
     reported = ReportedCollusion(threat, attack.knowledge) if on_clients else None
     rule = run.rule
     leakage = LeakageAttack(run, out_dir) if run.leakage is not None else None
-    node_of = enrol_clients(grid, fed.num_clients, fed.connect_timeout, fed.enrol_batch)
+    node_of = enrol_clients(grid, fed.num_clients, fed.connect_timeout, fed.enrol_batch, malicious)
     strategy = RobustStrategy(
         rule=rule,
         codec=run.codec,
@@ -333,7 +364,7 @@ def _run_rounds(
         on_failure=run.adapter.on_failure,
         update_hook=colluders,
         generator=stream(Stream.RULE, seed),
-        rejoin=lambda g, known: enrol_newcomers(g, known, fed.num_clients, min(fed.round_timeout, 60.0)),
+        rejoin=lambda g, known: enrol_newcomers(g, known, fed.num_clients, min(fed.round_timeout, 60.0), malicious),
         server_update=RootSetTrainer(run) if getattr(rule, "needs_server_update", False) else None,
         client_config=leakage.client_config if leakage is not None else None,
         observer=observers(

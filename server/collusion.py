@@ -22,11 +22,9 @@ from flwr.app import RecordDict
 from torch import Tensor
 
 from attacks.threat import ThreatModel
+from common.runtime import COLLUSION_REPORT_KEY
 
 log = logging.getLogger("poisonlab")
-
-#: the colluder's record in its reply (``clients.collusion.REPORT``)
-REPORT = "collusion"
 
 Observer = Callable[[int, int, RecordDict, Tensor | None, dict[str, Tensor]], None]
 
@@ -49,8 +47,8 @@ class ReportedCollusion:
     def observe(self, server_round: int, cid: int, content: RecordDict, delta: Tensor | None,
                 global_state: dict[str, Tensor]) -> None:  # fmt: skip
         """Keep a malicious client's report of ``server_round`` (the strategy's reply observer)."""
-        if REPORT in content and self.threat.is_malicious(cid):
-            self.reports.setdefault(server_round, {})[cid] = dict(content[REPORT])
+        if COLLUSION_REPORT_KEY in content and self.threat.is_malicious(cid):
+            self.reports.setdefault(server_round, {})[cid] = dict(content[COLLUSION_REPORT_KEY])
 
     def note(self, server_round: int, valid: list[int]) -> dict[str, Any] | None:
         """The round's entry; ``None`` without a valid malicious reply or outside the attack window.

@@ -68,6 +68,9 @@ class FakeGrid(Grid):
         state dict.
     partition_ids, num_partitions : optional
         The node config each SuperNode was started with (to break enrolment).
+    roles : list of str, optional
+        Node ``i``'s node config ``role`` (``"malicious"``/``"honest"``), as a
+        deployment starts its SuperNodes; default none (the threat model decides).
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class FakeGrid(Grid):
         plan: dict[tuple[int | None, int | None], Action] | None = None,
         partition_ids: list[int] | None = None,
         num_partitions: int | None = None,
+        roles: list[str] | None = None,
     ) -> None:
         ids = list(range(num_nodes)) if partition_ids is None else list(partition_ids)
         total = num_nodes if num_partitions is None else num_partitions
@@ -84,7 +88,9 @@ class FakeGrid(Grid):
         self.contexts: dict[int, Context] = {}
         for i in reversed(range(num_nodes)):
             node_id = 7_000_000_000 + 1_000_003 * i
-            config = {"partition-id": ids[i], "num-partitions": total}
+            config: dict[str, int | str] = {"partition-id": ids[i], "num-partitions": total}
+            if roles is not None:
+                config["role"] = roles[i]
             self.contexts[node_id] = Context(
                 run_id=1, node_id=node_id, node_config=config, state=RecordDict(), run_config={}
             )

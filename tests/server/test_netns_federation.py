@@ -26,7 +26,7 @@ from scripts.deploy import Endpoint, Topology, run_deployment
 from scripts.flower_run import marked_processes
 from tests.server.fake_grid import federate, make_run
 
-SUBNET = "10.231.7"
+SUBNET = f"10.231.{os.getpid() % 250}"  # a /24 of this process's own: runs side by side on one kernel do not meet
 PORT = 19091
 OVERRIDES = ["model=mlp", "federation.num_clients=3", "federation.clients_per_round=3", "federation.num_rounds=3",
              "partition.samples_per_client=64", "client.batch_size=32", "device=cpu", "output.plots=false",

@@ -17,7 +17,7 @@ from flwr.common.constant import ErrorCode
 
 from clients.state_store import ClientStateStore
 from common.training import confusion_matrix
-from server.app import enrol_clients, run_federation
+from server.app import enrol_clients, enrol_newcomers, run_federation
 
 # --- tests ----------------------------------------------------------------------------------------------
 
@@ -52,6 +52,26 @@ def test_enrolment_asks_the_supernodes_in_batches_within_one_deadline():
 def test_enrolment_refuses_a_duplicated_or_out_of_range_partition_id(grid_args, message):
     with pytest.raises(RuntimeError, match=message):
         enrol_clients(FakeGrid(4, **grid_args), 4, timeout=5)
+
+
+def test_enrolment_refuses_a_supernode_whose_role_contradicts_the_threat_model():
+    roles = ["honest", "malicious", "honest", "honest"]
+    node_of = enrol_clients(FakeGrid(4, roles=roles), 4, timeout=5, malicious={1})
+    assert sorted(node_of) == [0, 1, 2, 3]
+    with pytest.raises(RuntimeError, match=r"serves client 1 with role='malicious', but the run's threat model makes "
+                                           r"client 1 honest \(attack.malicious_clients=\[\]\)"):  # fmt: skip
+        enrol_clients(FakeGrid(4, roles=roles), 4, timeout=5, malicious=set())
+    with pytest.raises(RuntimeError, match=r"serves client 2 with role='honest', but .* makes client 2 malicious"):
+        enrol_clients(FakeGrid(4, roles=["honest", "malicious", "honest", "honest"]), 4, timeout=5, malicious={1, 2})
+    # a SuperNode started with no role (the simulation's nodes) agrees with any threat model
+    assert sorted(enrol_clients(FakeGrid(4), 4, timeout=5, malicious={2})) == [0, 1, 2, 3]
+
+
+def test_a_newcomer_whose_role_contradicts_the_threat_model_is_left_out():
+    grid = FakeGrid(3, roles=["honest", "malicious", "honest"])
+    rejoined = enrol_newcomers(grid, {}, 3, timeout=5, malicious={2})
+    assert sorted(rejoined) == [0]  # client 1 says malicious, client 2 says honest: both contradict {2}
+    assert sorted(enrol_newcomers(grid, {}, 3, timeout=5, malicious={1})) == [0, 1, 2]
 
 
 def test_enrolment_fails_when_supernodes_are_missing():
