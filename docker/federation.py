@@ -35,33 +35,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-CONNECTION = "poisonlab"
+from scripts.flower_run import CONNECTION, flower_bin, flower_env, register_keys, write_connection
+
 EXIT_CONFIG = 2
-
-
-def flwr_bin() -> str:
-    """The ``flwr`` CLI of this Python's environment (where poisonlab and flwr are installed)."""
-    beside = Path(sys.executable).parent / "flwr"
-    return str(beside) if beside.exists() else "flwr"
-
-
-def flwr_env(home: Path, superlink: str, root_certificates: str | None, insecure: bool) -> dict[str, str]:
-    """Environment whose ``FLWR_HOME`` (``home``) names the SuperLink as the default connection ``poisonlab``."""
-    conn = [f'address = "{superlink}"']
-    if insecure:
-        conn.append("insecure = true")
-    elif root_certificates:
-        conn.append(f'root-certificates = "{Path(root_certificates).resolve()}"')
-    (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n' + "\n".join(conn) + "\n"
-    )
-    return {**os.environ, "FLWR_HOME": str(home), "FLWR_DISABLE_UPDATE_CHECK": "1"}
 
 
 def flwr_json(args: Sequence[str], env: dict[str, str], cwd: Path | None = None) -> dict[str, Any]:
     """Run ``flwr <args> --format json``; its JSON answer (failures answer ``success: false`` too)."""
     out = subprocess.run(
-        [flwr_bin(), *args, "--format", "json"], env=env, cwd=cwd, capture_output=True, text=True, timeout=300
+        [flower_bin("flwr"), *args, "--format", "json"], env=env, cwd=cwd, capture_output=True, text=True, timeout=300
     )
     try:
         return json.loads(out.stdout)
@@ -75,17 +57,13 @@ def register(keys: Path, env: dict[str, str]) -> int:
     if not pubs:
         print(f"register: no *.pub in {keys} (certs/make_certs.sh puts them in superlink/authorized/)", file=sys.stderr)
         return 1
-    failed = 0
-    for pub in pubs:
-        answer = flwr_json(["supernode", "register", str(pub), CONNECTION, "--name", pub.stem], env)
-        if answer.get("success"):
-            print(f"registered {pub.name}: SuperNode {answer.get('node-id')}")
-        elif "already in use" in json.dumps(answer).lower():
-            print(f"registered {pub.name}: already")
-        else:
-            failed += 1
-            print(f"register {pub.name} failed: {answer}", file=sys.stderr)
-    return 1 if failed else 0
+    try:
+        register_keys(pubs, env, keys, already_ok=True)
+    except RuntimeError as err:
+        print(f"register: {err}", file=sys.stderr)
+        return 1
+    print(f"registered {', '.join(p.name for p in pubs)}")
+    return 0
 
 
 def parse_partitions(text: str) -> list[int]:
@@ -216,7 +194,7 @@ def submit(args: argparse.Namespace, env: dict[str, str]) -> int:
     if not args.follow:
         print(f"follow it: federation.py flwr log {run_id} --stream")
         return 0
-    return subprocess.run([flwr_bin(), "log", str(run_id), CONNECTION, "--stream"], env=env).returncode
+    return subprocess.run([flower_bin("flwr"), "log", str(run_id), CONNECTION, "--stream"], env=env).returncode
 
 
 def parser() -> argparse.ArgumentParser:
@@ -252,12 +230,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and args.command != "flwr":
         cli.error(f"unrecognized arguments: {' '.join(extra)}")
     with tempfile.TemporaryDirectory(prefix="poisonlab-flwr-") as home:
-        env = flwr_env(Path(home), args.superlink, args.root_certificates, args.insecure)
+        ca = None if args.insecure else Path(args.root_certificates).resolve() if args.root_certificates else None
+        if ca is None and not args.insecure:
+            cli.error("give the federation's CA (--root-certificates / $POISONLAB_SUPERLINK_CA) or --insecure")
+        write_connection(Path(home), args.superlink, ca)
+        env = flower_env(Path(home))
         if args.command == "register":
             return register(args.keys, env)
         if args.command == "submit":
             return submit(args, env)
-        return subprocess.run([flwr_bin(), *extra, *args.flwr_args], env=env).returncode
+        return subprocess.run([flower_bin("flwr"), *extra, *args.flwr_args], env=env).returncode
 
 
 if __name__ == "__main__":
