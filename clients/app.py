@@ -1,14 +1,19 @@
 """The poisonlab ClientApp's work (Flower Message API): enrolment and local training.
 
-A client knows its partition id from its SuperNode's node config
-(``partition-id``, ``num-partitions``; Flower's simulation sets them for every
-virtual SuperNode, a deployment passes them with ``--node-config``). Everything
-else (dataset, model, local training, the attack) comes with the server's
-message as the run config, from which the runner's Flower app object
-(``scripts.apps``) builds the run's objects once per process and passes them
-to :func:`train`. A query message enrols the client (:mod:`clients.enrolment`); a train message carries
-the global model, and the reply carries the locally trained model and its
-metrics, with the same keys for honest and malicious clients.
+A node knows which clients it serves from its SuperNode's node config
+(``partition-id=k``, ``num-partitions=M``; Flower's simulation sets them for
+every virtual SuperNode, a deployment passes them with ``--node-config``):
+client ``k`` when ``M`` is the run's ``federation.num_clients`` (every
+deployment), else the block :func:`common.runtime.clients_of_node` gives (the
+simulation's ``engine.clients_per_node``). Everything else (dataset, model,
+local training, the attack) comes with the server's message as the run config,
+from which the runner's Flower app object (``scripts.apps``) builds the run's
+objects once per process and passes them to :func:`train`. A query message
+enrols the node (:mod:`clients.enrolment`); a train message carries the global
+model and lists the round's sampled clients of the node, which train one after
+another on the same code path; the reply carries each one's locally trained
+model and metrics under ``<record>/<client id>`` keys, with the same records
+for honest and malicious clients.
 
 With ``dp=opacus`` every client trains with DP-SGD (``common.dp_training``) at
 the round's noise multiplier, keeps its privacy ledger across the rounds it
@@ -30,6 +35,7 @@ attacker service (:mod:`clients.collusion`).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -43,9 +49,19 @@ from clients.state_store import ClientStateStore, state_root
 from common.data import to_float
 from common.dp_training import sampling_plan, train_private
 from common.privacy import PrivacyLedger
-from common.runtime import CAPTURE_STEPS_KEY, COLLUSION_REPORT_KEY, uses_channels_last
+from common.runtime import (
+    CAPTURE_STEPS_KEY,
+    CLIENTS_KEY,
+    COLLUSION_REPORT_KEY,
+    ERROR_RECORD,
+    client_key,
+    clients_of_node,
+    uses_channels_last,
+)
 from common.streams import Stream, derived_seed, stream
 from common.training import train_epochs
+
+log = logging.getLogger("poisonlab")
 
 
 def is_malicious(context: Context, threat: ThreatModel, cid: int) -> bool:
@@ -106,18 +122,64 @@ class StepCapture:
         return ArrayRecord(out)
 
 
-def _withheld(msg: Message, reason: str, metrics: dict[str, float]) -> Message:
+def _withheld(reason: str, metrics: dict[str, float]) -> RecordDict:
     """A reply without an update (the client's privacy budget is spent): recorded, never aggregated."""
-    content = RecordDict({"withheld": ConfigRecord({"reason": reason}), "metrics": MetricRecord(metrics)})
-    return Message(content, reply_to=msg)
+    return RecordDict({"withheld": ConfigRecord({"reason": reason}), "metrics": MetricRecord(metrics)})
+
+
+def group_clients(msg: Message, context: Context, num_clients: int) -> list[int]:
+    """The clients this train message asks this node to train, each checked to be one the node serves.
+
+    A node started with ``partition-id=k num-partitions=M`` serves the block
+    :func:`common.runtime.clients_of_node` gives (one client when ``M`` is the
+    run's ``federation.num_clients``); the message lists the round's sampled
+    clients of that block (``clients``).
+    """
+    node = partition_id(context)
+    num_nodes = int(context.node_config.get("num-partitions", num_clients))
+    served = clients_of_node(node, num_nodes, num_clients)
+    config = msg.content["config"]
+    asked = [int(c) for c in config[CLIENTS_KEY]] if CLIENTS_KEY in config else [served.start]
+    stray = [c for c in asked if c not in served]
+    if stray or not asked:
+        raise RuntimeError(
+            f"this node (partition-id={node}, num-partitions={num_nodes}) serves clients {served.start}.."
+            f"{served.stop - 1}, but the server asked it to train {asked}"
+        )
+    return asked
 
 
 def train(msg: Message, context: Context, run: Any) -> Message:
-    """Train the received global model on this client's partition and reply (``run``: a ``scripts.build.Run``)."""
-    server_round = int(msg.content["config"]["server-round"])
-    cid = partition_id(context)
+    """Train the received global model on each client the message lists and reply (``run``: a ``scripts.build.Run``).
+
+    The reply holds each client's records under ``<record>/<client id>``
+    (:func:`common.runtime.client_key`). A node of one client fails as a
+    whole (Flower's error reply); in a group, a client that fails is reported
+    in its own ``error/<client id>`` record and the others' updates still go.
+    """
     if FAULT_KEY in context.node_config:  # before the training it would waste
         check_fault(str(context.node_config[FAULT_KEY]))
+    clients = group_clients(msg, context, int(run.cfg["federation"]["num_clients"]))
+    global_state = msg.content["arrays"].to_torch_state_dict()
+    content = RecordDict()
+    for cid in clients:
+        try:
+            records = train_client(msg, context, run, cid, global_state)
+        except Exception as err:
+            if len(clients) == 1:
+                raise
+            log.exception("client %d failed", cid)
+            records = RecordDict({ERROR_RECORD: ConfigRecord({"reason": f"{type(err).__name__}: {err}"})})
+        for name, record in records.items():
+            content[client_key(name, cid)] = record
+    return Message(content, reply_to=msg)
+
+
+def train_client(
+    msg: Message, context: Context, run: Any, cid: int, global_state: dict[str, torch.Tensor]
+) -> RecordDict:
+    """Train ``global_state`` on client ``cid``'s partition; its reply records (``arrays``, ``metrics``, ...)."""
+    server_round = int(msg.content["config"]["server-round"])
     settings, device, seed = run.client, run.device, run.seed
 
     data = run.dataset
@@ -132,7 +194,6 @@ def train(msg: Message, context: Context, run: Any) -> Message:
         x, y = attack(x, y, attacker_rank=rank, generator=stream(Stream.DATA_POISONING, seed, cid, server_round))
     x, y = x.to(device), y.to(device)
 
-    global_state = msg.content["arrays"].to_torch_state_dict()
     model = run.new_model()
     model.load_state_dict(global_state)
     channels_last = uses_channels_last(model, settings.channels_last)
@@ -146,7 +207,7 @@ def train(msg: Message, context: Context, run: Any) -> Message:
     for group in optimizer.param_groups:
         group["lr"] = settings.lr_at(participations)
 
-    capture_steps = int(msg.content["config"].get(CAPTURE_STEPS_KEY, 0))
+    capture_steps = int(msg.content["config"].get(client_key(CAPTURE_STEPS_KEY, cid), 0))
     capture = StepCapture(capture_steps) if capture_steps > 0 else None
     batches = stream(Stream.CLIENT_BATCHES, seed, cid, server_round)
     loop = {"spec": data.spec, "batch_size": settings.batch_size, "epochs": settings.epochs, "generator": batches,
@@ -162,7 +223,7 @@ def train(msg: Message, context: Context, run: Any) -> Message:
             spent = ledger.epsilon(dp.delta)
             reason = (f"privacy budget: epsilon {spent:.3f} would exceed dp.epsilon_budget={dp.epsilon_budget} "
                       f"after this round's {steps} steps at sigma {sigma:.3f}")  # fmt: skip
-            return _withheld(msg, reason, {"epsilon": spent, "num-examples": len(y)})
+            return _withheld(reason, {"epsilon": spent, "num-examples": len(y)})
         noise = torch.Generator(device=device).manual_seed(derived_seed(seed, cid, server_round, Stream.DP_NOISE))
         stats = train_private(model, optimizer, x, y, dp=dp, sigma=sigma, noise_generator=noise, **loop)
         ledger.add(sigma, q, steps)
@@ -194,4 +255,4 @@ def train(msg: Message, context: Context, run: Any) -> Message:
         content["leakage"] = capture.as_record()
     if report is not None:
         content[COLLUSION_REPORT_KEY] = report
-    return Message(content, reply_to=msg)
+    return content

@@ -36,7 +36,7 @@ from attacks import Backdoor, CollusionInfeasible, backdoor_test_set
 from attacks.threat import ThreatModel
 from common.data import to_float
 from common.partition import class_counts
-from common.runtime import CONFIG_KEY, uses_channels_last
+from common.runtime import CONFIG_KEY, clients_of_node, uses_channels_last
 from common.streams import Stream, stream
 from common.training import confusion_matrix, step_batches, train_on_batches
 from server.checkpoint import load_checkpoint, restore, save_checkpoint, server_state, truncate_metrics
@@ -76,49 +76,69 @@ def role_mismatch(reply: Message, cid: int, malicious: Collection[int] | None) -
 def enrol_clients(
     grid: Grid, num_clients: int, timeout: float, batch: int = 0, malicious: Collection[int] | None = None
 ) -> dict[int, int]:
-    """Wait for ``num_clients`` SuperNodes and learn which client id each one serves.
+    """Wait for the SuperNodes of all ``num_clients`` clients and learn which clients each one serves.
 
-    The SuperNodes are asked ``batch`` at a time (``federation.enrol_batch``; 0:
-    all at once): in a deployment each question starts a ClientApp process on
-    its SuperNode (a light one: enrolment imports Flower only), so a batch
-    bounds how many run at once. Returns client id -> node id. Fails if a
-    SuperNode is missing, a partition id is claimed twice or out of range, the
-    node config disagrees with the run's ``federation.num_clients``, or a
-    SuperNode's role contradicts the run's ``malicious`` clients (a malicious
-    SuperNode the run would score as honest, or the reverse).
+    A SuperNode started with ``partition-id=k num-partitions=M`` serves the
+    block of clients :func:`common.runtime.clients_of_node` gives: client
+    ``k`` when ``M`` is ``num_clients`` (every deployment), a group of clients
+    when the simulation runs fewer nodes than clients
+    (``engine.clients_per_node``). SuperNodes are asked as they connect,
+    ``batch`` at a time (``federation.enrol_batch``; 0: all at once): in a
+    deployment each question starts a ClientApp process on its SuperNode (a
+    light one: enrolment imports Flower only), so a batch bounds how many run
+    at once. Returns client id -> node id. Fails if the clients are not all
+    served within ``timeout``, a partition id is claimed twice or out of range,
+    the SuperNodes disagree on ``num-partitions``, or a SuperNode's role
+    contradicts the run's ``malicious`` clients (a malicious SuperNode the run
+    would score as honest, or the reverse).
     """
     deadline = time.monotonic() + timeout
-    while len(nodes := list(grid.get_node_ids())) < num_clients:
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"only {len(nodes)} of federation.num_clients={num_clients} SuperNodes connected "
-                f"within {timeout:.0f}s (federation.connect_timeout)"
-            )
-        time.sleep(0.5)
-    size = batch if batch > 0 else len(nodes)
-    replies = []
-    for start in range(0, len(nodes), size):
-        wave = enrolment_queries(nodes[start : start + size])
-        replies.extend(grid.send_and_receive(wave, timeout=max(1.0, deadline - time.monotonic())))
     node_of: dict[int, int] = {}
-    for reply in replies:
-        if reply.has_error():
-            raise RuntimeError(f"SuperNode {reply.metadata.src_node_id} failed to enrol: {reply.error.reason}")
-        info = reply.content["enrolment"]
-        cid, claimed_n = int(info["partition-id"]), int(info["num-partitions"])
-        if claimed_n not in (-1, num_clients) or not 0 <= cid < num_clients:
-            raise RuntimeError(
-                f"SuperNode {reply.metadata.src_node_id} has partition-id={cid}, num-partitions={claimed_n}, "
-                f"but the run has federation.num_clients={num_clients}"
-            )
-        if cid in node_of:
-            raise RuntimeError(f"partition-id={cid} is claimed by two SuperNodes")
-        if (mismatch := role_mismatch(reply, cid, malicious)) is not None:
-            raise RuntimeError(mismatch)
-        node_of[cid] = reply.metadata.src_node_id
-    if len(node_of) != num_clients:
-        missing = sorted(set(range(num_clients)) - set(node_of))
-        raise RuntimeError(f"no SuperNode enrolled for client ids {missing[:20]}")
+    asked: set[int] = set()
+    claimed: dict[int, int] = {}  # partition id -> node
+    num_nodes: int | None = None
+    while len(node_of) < num_clients:
+        new = [n for n in grid.get_node_ids() if n not in asked]
+        if not new:
+            if time.monotonic() > deadline:
+                missing = sorted(set(range(num_clients)) - set(node_of))
+                raise RuntimeError(
+                    f"only {len(asked)} SuperNodes connected within {timeout:.0f}s (federation.connect_timeout), "
+                    f"serving {len(node_of)} of federation.num_clients={num_clients} clients; none serves client "
+                    f"ids {missing[:20]}"
+                )
+            time.sleep(0.5)
+            continue
+        asked.update(new)
+        size = batch if batch > 0 else len(new)
+        for start in range(0, len(new), size):
+            wave = enrolment_queries(new[start : start + size])
+            for reply in grid.send_and_receive(wave, timeout=max(1.0, deadline - time.monotonic())):
+                node = reply.metadata.src_node_id
+                if reply.has_error():
+                    raise RuntimeError(f"SuperNode {node} failed to enrol: {reply.error.reason}")
+                info = reply.content["enrolment"]
+                part, claimed_n = int(info["partition-id"]), int(info["num-partitions"])
+                nodes = num_clients if claimed_n == -1 else claimed_n
+                if not 0 <= part < nodes <= num_clients:
+                    raise RuntimeError(
+                        f"SuperNode {node} has partition-id={part}, num-partitions={claimed_n}, but the run has "
+                        f"federation.num_clients={num_clients} (node k of M serves a block of the clients: "
+                        "0 <= k < M <= federation.num_clients)"
+                    )
+                if num_nodes is not None and nodes != num_nodes:
+                    raise RuntimeError(
+                        f"SuperNode {node} has num-partitions={nodes}, another one num-partitions={num_nodes}: "
+                        "start every SuperNode of the federation with the same num-partitions"
+                    )
+                num_nodes = nodes
+                if part in claimed:
+                    raise RuntimeError(f"partition-id={part} is claimed by two SuperNodes")
+                claimed[part] = node
+                for cid in clients_of_node(part, nodes, num_clients):
+                    if (mismatch := role_mismatch(reply, cid, malicious)) is not None:
+                        raise RuntimeError(mismatch)
+                    node_of[cid] = node
     return node_of
 
 
@@ -146,16 +166,20 @@ def enrol_newcomers(
         if reply.has_error():
             log.warning("SuperNode %d connected after enrolment but did not enrol: %s", node, reply.error.reason)
             continue
-        cid = int(reply.content["enrolment"]["partition-id"])
-        if not 0 <= cid < num_clients:
-            log.warning("SuperNode %d connected after enrolment with partition-id=%d: not a client of this run",
-                        node, cid)  # fmt: skip
+        info = reply.content["enrolment"]
+        part, claimed_n = int(info["partition-id"]), int(info["num-partitions"])
+        nodes = num_clients if claimed_n == -1 else claimed_n
+        if not 0 <= part < nodes <= num_clients:
+            log.warning("SuperNode %d connected after enrolment with partition-id=%d num-partitions=%d: not a node "
+                        "of this run", node, part, claimed_n)  # fmt: skip
             continue
-        if (mismatch := role_mismatch(reply, cid, malicious)) is not None:
+        clients = clients_of_node(part, nodes, num_clients)
+        if mismatch := next(filter(None, (role_mismatch(reply, cid, malicious) for cid in clients)), None):
             log.warning("left out: %s", mismatch)
             continue
-        log.info("client %d rejoined on SuperNode %d (was %s)", cid, node, node_of.get(cid))
-        rejoined[cid] = node
+        for cid in clients:
+            log.info("client %d rejoined on SuperNode %d (was %s)", cid, node, node_of.get(cid))
+            rejoined[cid] = node
     return rejoined
 
 

@@ -26,6 +26,7 @@ from flwr.serverapp.strategy import Strategy
 from torch import Tensor
 
 from common.params import ModelCodec, UpdateRejected, finite_or_raise
+from common.runtime import CLIENTS_KEY, ERROR_RECORD, client_key, split_client_key
 from strategies.client_errors import failure_entry, strip_ansi
 from strategies.rules.base import RoundContext, RuleConfigError
 
@@ -143,7 +144,9 @@ class RobustStrategy(Strategy):
         self.rule = rule
         self.codec = codec
         self.node_of = node_of
-        self.client_of = {node: cid for cid, node in node_of.items()}
+        #: node id -> the clients this round's message to it lists (a node may serve a group of clients)
+        self.asked: dict[int, list[int]] = {}
+        self._sent: list[tuple[Message, list[int]]] = []  # this round's messages (Flower stamps their ids on push)
         self.sample = sample
         self.partition_sizes = partition_sizes
         self.train_config = train_config
@@ -169,22 +172,65 @@ class RobustStrategy(Strategy):
         server_round += self.round_offset
         if self.rejoin is not None:
             for cid, node in self.rejoin(grid, dict(self.node_of)).items():
-                self.node_of[cid], self.client_of[node] = node, cid
+                self.node_of[cid] = node
         self.global_state = arrays.to_torch_state_dict()
         clients = self.sample(server_round)
         self.records[server_round] = RoundRecord(
             sampled=list(clients), detects=bool(getattr(self.rule, "detects", False))
         )
         base = {**self.train_config, **dict(config), "server-round": server_round}
+        self.asked = {}
+        for c in clients:  # one message per node, listing its sampled clients in sampling order
+            self.asked.setdefault(self.node_of[c], []).append(c)
         messages = []
-        for c in clients:
-            extra = self.client_config(server_round, c, list(clients)) if self.client_config else {}
-            record = RecordDict({"arrays": arrays, "config": ConfigRecord({**base, **extra})})
-            messages.append(Message(content=record, message_type=MessageType.TRAIN, dst_node_id=self.node_of[c]))
+        for node, cids in self.asked.items():
+            node_config: dict[str, Any] = {**base, CLIENTS_KEY: cids}
+            for c in cids:
+                extra = self.client_config(server_round, c, list(clients)) if self.client_config else {}
+                node_config.update({client_key(key, c): value for key, value in extra.items()})
+            record = RecordDict({"arrays": arrays, "config": ConfigRecord(node_config)})
+            messages.append(Message(content=record, message_type=MessageType.TRAIN, dst_node_id=node))
+        self._sent = [(m, self.asked[m.metadata.dst_node_id]) for m in messages]
         return messages
 
-    def _decode(self, msg: Message, global_vec: Tensor) -> tuple[Tensor, list[Tensor], float | None]:
-        content = msg.content
+    def _per_client(self, server_round: int, msg: Message) -> dict[int, RecordDict]:
+        """A reply's records by client (``<record>/<client id>`` keys), only of clients its node was asked for.
+
+        A node asked for one client may also reply with plain keys (``arrays``,
+        ``metrics``): a ClientApp of one client per node.
+        """
+        node = msg.metadata.src_node_id
+        asked = self.asked.get(node, [])
+        if len(asked) == 1 and not any(split_client_key(key) for key in msg.content):
+            return {asked[0]: msg.content}
+        out: dict[int, RecordDict] = {}
+        for key, record in msg.content.items():
+            parsed = split_client_key(key)
+            if parsed is None or parsed[1] not in asked:
+                log.warning("round %d: node %d sent record %r, not one of a client it was asked to train %s",
+                            server_round, node, key, asked)  # fmt: skip
+                continue
+            out.setdefault(parsed[1], RecordDict())[parsed[0]] = record
+        return {c: out[c] for c in asked if c in out}
+
+    def _replies_by_client(self, server_round: int, replies: Iterable[Message]) -> Iterable[tuple[int, RecordDict]]:
+        """``(client id, its records)`` of every client a reply speaks for; an error fails all its message asked for.
+
+        An error reply may come from the node or from the SuperLink itself (a
+        node that stopped sending heartbeats: Flower's "Node Unavailable"), so
+        it is matched to the message it answers, not to its sender.
+        """
+        clients_of_message = {m.metadata.message_id: cids for m, cids in self._sent}
+        for msg in replies:
+            if msg.has_error():
+                error = ConfigRecord({"reason": str(msg.error.reason), "code": int(msg.error.code)})
+                cids = clients_of_message.get(msg.metadata.reply_to_message_id)
+                for cid in self.asked.get(msg.metadata.src_node_id, []) if cids is None else cids:
+                    yield cid, RecordDict({ERROR_RECORD: error})
+                continue
+            yield from self._per_client(server_round, msg).items()
+
+    def _decode(self, content: RecordDict, global_vec: Tensor) -> tuple[Tensor, list[Tensor], float | None]:
         if "arrays" not in content:
             raise UpdateRejected("reply carries no 'arrays' record")
         state = content["arrays"].to_torch_state_dict()
@@ -208,16 +254,16 @@ class RobustStrategy(Strategy):
         global_vec = self.codec.to_vector(self.global_state)
         valid: dict[int, tuple[Tensor, list[Tensor]]] = {}
         losses: list[float] = []
-        for msg in replies:
-            cid = self.client_of.get(msg.metadata.src_node_id, -1)
-            if msg.has_error():
-                reason = str(msg.error.reason)
+        for cid, content in self._replies_by_client(server_round, replies):
+            if ERROR_RECORD in content:
+                error = content[ERROR_RECORD]
+                reason = str(error["reason"])
                 rec.failed[cid] = failure_entry(reason)
-                log.warning("round %d: client %d failed: %s (Flower error code %s); its full reason:\n%s",
-                            server_round, cid, rec.failed[cid], msg.error.code, strip_ansi(reason))  # fmt: skip
+                code = f" (Flower error code {error['code']})" if "code" in error else ""
+                log.warning("round %d: client %d failed: %s%s; its full reason:\n%s",
+                            server_round, cid, rec.failed[cid], code, strip_ansi(reason))  # fmt: skip
                 continue
             rec.replied.append(cid)
-            content = msg.content
             if "metrics" in content and "epsilon" in content["metrics"]:
                 rec.epsilon[cid] = float(content["metrics"]["epsilon"])
             if "withheld" in content and "arrays" not in content:
@@ -225,7 +271,7 @@ class RobustStrategy(Strategy):
                 log.info("round %d: client %d sent no update: %s", server_round, cid, rec.withheld[cid])
                 continue
             try:
-                delta, buffers, loss = self._decode(msg, global_vec)
+                delta, buffers, loss = self._decode(content, global_vec)
             except (UpdateRejected, KeyError, TypeError, ValueError) as err:
                 delta = None
                 rec.rejected[cid] = str(err)

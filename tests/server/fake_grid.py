@@ -27,13 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, Context, Error, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run as FlowerRun
 from hydra import compose, initialize_config_module
 
 import scripts.apps
+from common.runtime import CLIENTS_KEY, ERROR_RECORD, client_key, split_client_key
 from scripts.build import Run, build_run
 from server.app import run_federation
 
@@ -62,12 +63,14 @@ class FakeGrid(Grid):
     num_nodes : int
         SuperNodes; node ``i`` serves ``partition_ids[i]`` (default ``i``).
     plan : dict, optional
-        ``(server_round, client_id) -> action`` for TRAIN messages; ``None`` in
+        ``(server_round, client_id) -> action`` for the clients of TRAIN messages; ``None`` in
         either place is a wildcard. An action is :data:`SILENT` (no reply), an
         ``Error`` (an error reply) or a function that rewrites the reply's
         state dict.
     partition_ids, num_partitions : optional
-        The node config each SuperNode was started with (to break enrolment).
+        The node config each SuperNode was started with (to break enrolment);
+        ``num_partitions`` below the run's clients makes each node serve a
+        block of them (``common.runtime.clients_of_node``).
     roles : list of str, optional
         Node ``i``'s node config ``role`` (``"malicious"``/``"honest"``), as a
         deployment starts its SuperNodes; default none (the threat model decides).
@@ -154,13 +157,15 @@ class FakeGrid(Grid):
         context = self.contexts[node_id]
         delivered = copy.deepcopy(msg)  # the node works on its own copy, as after a transport
         kind = msg.metadata.message_type
-        action = None
+        actions: dict[int, Action | None] = {}
         if kind == MessageType.TRAIN:
-            action = self._action(int(msg.content["config"]["server-round"]), self.client_of(node_id))
-        if isinstance(action, str) and action == SILENT:
+            server_round = int(msg.content["config"]["server-round"])
+            actions = {int(c): self._action(server_round, int(c)) for c in msg.content["config"][CLIENTS_KEY]}
+        if actions and all(isinstance(a, str) and a == SILENT for a in actions.values()):
             return None
-        if isinstance(action, Error):
-            reply = Message(action, reply_to=delivered)
+        only = next(iter(actions.values())) if len(actions) == 1 else None
+        if isinstance(only, Error):  # a node of one client that crashed: Flower's error reply
+            reply = Message(only, reply_to=delivered)
         else:
             try:
                 if kind == MessageType.QUERY:
@@ -172,13 +177,28 @@ class FakeGrid(Grid):
             except Exception as err:  # what Flower's ClientApp runner sends back for a raising handler
                 reason = str(type(err)) + ":<'" + str(err) + "'>"  # flwr.supernode.runtime.run_clientapp
                 reply = Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=delivered)
-            if callable(action) and not reply.has_error():
-                state = action(reply.content["arrays"].to_torch_state_dict())
-                content = RecordDict({"arrays": ArrayRecord(state), "metrics": reply.content["metrics"]})
-                reply = Message(content, reply_to=delivered)
+            if any(a is not None for a in actions.values()) and not reply.has_error():
+                reply = Message(_act_per_client(reply.content, actions), reply_to=delivered)
         assert reply.metadata.src_node_id == node_id and reply.metadata.reply_to_message_id == msg.metadata.message_id
         reply.metadata.__dict__["_message_id"] = str(uuid.uuid4())  # set by the SuperLink on arrival
         return reply
+
+
+def _act_per_client(content: RecordDict, actions: dict[int, Action | None]) -> RecordDict:
+    """A group's reply after each client's planned action: dropped, an error record, or tampered arrays."""
+    out = RecordDict()
+    for key, record in content.items():
+        record_name, cid = split_client_key(key)
+        action = actions.get(cid)
+        if isinstance(action, str) and action == SILENT:
+            continue
+        if isinstance(action, Error):
+            out[client_key(ERROR_RECORD, cid)] = ConfigRecord({"reason": action.reason})
+            continue
+        if callable(action) and record_name == "arrays":
+            record = ArrayRecord(action(record.to_torch_state_dict()))
+        out[key] = record
+    return out
 
 
 def make_run(out_dir: Path, *overrides: str) -> Run:
@@ -190,9 +210,13 @@ def make_run(out_dir: Path, *overrides: str) -> Run:
     return run
 
 
-def federate(out_dir: Path, *overrides: str, plan=None) -> tuple[list[dict[str, Any]], dict[str, Any], FakeGrid]:
+def federate(
+    out_dir: Path, *overrides: str, plan=None, nodes: int | None = None
+) -> tuple[list[dict[str, Any]], dict[str, Any], FakeGrid]:
+    """Run a federation on a fake grid; ``nodes``: fewer nodes than clients, each serving a group of them."""
     run = make_run(out_dir, *overrides)
-    grid = FakeGrid(run.federation.num_clients, plan=plan)
+    n = run.federation.num_clients
+    grid = FakeGrid(nodes or n, plan=plan, num_partitions=nodes)
     run_federation(grid, run)
     return lines_of(out_dir), summary_of(out_dir), grid
 

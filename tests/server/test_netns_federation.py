@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -26,7 +27,6 @@ from scripts.deploy import Endpoint, Topology, run_deployment
 from scripts.flower_run import marked_processes
 from tests.server.fake_grid import federate, make_run
 
-SUBNET = f"10.231.{os.getpid() % 250}"  # a /24 of this process's own: runs side by side on one kernel do not meet
 PORT = 19091
 OVERRIDES = ["model=mlp", "federation.num_clients=3", "federation.clients_per_round=3", "federation.num_rounds=3",
              "partition.samples_per_client=64", "client.batch_size=32", "device=cpu", "output.plots=false",
@@ -37,18 +37,38 @@ def ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
 
 
+def remove_stale_namespaces() -> None:
+    """Namespaces and bridges this test left behind in a process that is gone (killed before its cleanup)."""
+    listed = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+    for name in {*names, *re.findall(r"^\d+: (pl\d+br):", listed, flags=re.M)}:
+        if (match := re.fullmatch(r"pl(\d+)(?:link|n\d+|br)", name)) and not Path(f"/proc/{match[1]}").exists():
+            subprocess.run(["ip", "netns", "del", name] if not name.endswith("br") else ["ip", "link", "del", name],
+                           capture_output=True)  # fmt: skip
+
+
+def free_subnet() -> str:
+    """A ``10.231.<k>`` /24 that no interface of this machine has an address in (runs side by side never meet)."""
+    taken = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True).stdout
+    for k in [os.getpid() % 250, *range(250)]:
+        if f" 10.231.{k}." not in taken:
+            return f"10.231.{k}"
+    raise RuntimeError("every 10.231.<k>.0/24 is in use on this machine")
+
+
 @pytest.fixture
 def namespaces():
     """Four namespaces (SuperLink + 3 SuperNodes) on one bridge; their names and addresses."""
     if os.geteuid() != 0 or shutil.which("ip") is None:
         pytest.skip("network namespaces need root and iproute2 (`ip netns`)")
-    tag = f"pl{os.getpid() % 100000}"
+    remove_stale_namespaces()
+    tag, subnet = f"pl{os.getpid()}", free_subnet()
     bridge, names = f"{tag}br", [f"{tag}link", *(f"{tag}n{i}" for i in range(3))]
     made: list[str] = []
     try:
         try:
             ip("link", "add", bridge, "type", "bridge")
-            ip("addr", "add", f"{SUBNET}.254/24", "dev", bridge)
+            ip("addr", "add", f"{subnet}.254/24", "dev", bridge)
             ip("link", "set", bridge, "up")
             for k, ns in enumerate(names):
                 ip("netns", "add", ns)
@@ -56,14 +76,14 @@ def namespaces():
                 ip("link", "add", f"{tag}v{k}", "type", "veth", "peer", "name", f"{tag}p{k}")
                 ip("link", "set", f"{tag}p{k}", "netns", ns)
                 ip("-n", ns, "link", "set", f"{tag}p{k}", "name", "eth0")
-                ip("-n", ns, "addr", "add", f"{SUBNET}.{k + 1}/24", "dev", "eth0")
+                ip("-n", ns, "addr", "add", f"{subnet}.{k + 1}/24", "dev", "eth0")
                 ip("-n", ns, "link", "set", "eth0", "up")
                 ip("-n", ns, "link", "set", "lo", "up")
                 ip("link", "set", f"{tag}v{k}", "master", bridge)
                 ip("link", "set", f"{tag}v{k}", "up")
         except subprocess.CalledProcessError as err:
             pytest.skip(f"network namespaces are not permitted here: {' '.join(err.cmd)}: {err.stderr.strip()}")
-        yield {ns: f"{SUBNET}.{k + 1}" for k, ns in enumerate(names)}
+        yield {ns: f"{subnet}.{k + 1}" for k, ns in enumerate(names)}
     finally:
         for ns in made:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)  # its veth end goes with it

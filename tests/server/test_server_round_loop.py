@@ -75,8 +75,12 @@ def test_a_newcomer_whose_role_contradicts_the_threat_model_is_left_out():
 
 
 def test_enrolment_fails_when_supernodes_are_missing():
-    with pytest.raises(RuntimeError, match=r"only 3 of federation.num_clients=4 SuperNodes connected"):
-        enrol_clients(FakeGrid(3), 4, timeout=0.01)
+    with pytest.raises(
+        RuntimeError,
+        match=r"only 3 SuperNodes connected within 0s .* serving 3 of federation.num_clients=4 clients; "
+        r"none serves client ids \[3\]",
+    ):
+        enrol_clients(FakeGrid(3, num_partitions=4), 4, timeout=0.01)
 
 
 def test_a_clean_run_writes_every_round_and_its_outputs(tmp_path, fmnist_root):
