@@ -40,7 +40,7 @@ class Federation:
     num_rounds: int = 20
     round_timeout: float = 600.0
     connect_timeout: float = 120.0
-    enrol_batch: int = 16
+    enrol_batch: int | None = None
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ def check_federation(fed: Federation) -> None:
         )
     if fed.num_rounds < 1:
         raise ConfigError(f"federation.num_rounds must be >= 1, got {fed.num_rounds}")
-    if fed.enrol_batch < 0:
+    if fed.enrol_batch is not None and fed.enrol_batch < 0:
         raise ConfigError(f"federation.enrol_batch must be >= 0 (0: every SuperNode at once), got {fed.enrol_batch}")
     if fed.round_timeout <= 0 or fed.connect_timeout <= 0:
         raise ConfigError("federation.round_timeout and connect_timeout must be > 0 seconds")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import statistics
 import time
@@ -377,7 +378,8 @@ def _run_rounds(
     reported = ReportedCollusion(threat, attack.knowledge) if on_clients else None
     rule = run.rule
     leakage = LeakageAttack(run, out_dir) if run.leakage is not None else None
-    node_of = enrol_clients(grid, fed.num_clients, fed.connect_timeout, fed.enrol_batch, malicious)
+    enrol_batch = fed.enrol_batch if fed.enrol_batch is not None else 2 * (os.cpu_count() or 1)
+    node_of = enrol_clients(grid, fed.num_clients, fed.connect_timeout, enrol_batch, malicious)
     strategy = RobustStrategy(
         rule=rule,
         codec=run.codec,

@@ -24,7 +24,7 @@ def test_default_config_validates(fmnist_root):
     resolved = validate(composed())
     assert resolved["federation"] == {
         "num_clients": 50, "clients_per_round": 5, "num_rounds": 20, "round_timeout": 600, "connect_timeout": 120,
-        "enrol_batch": 16,
+        "enrol_batch": None,
     }  # fmt: skip
     assert resolved["client"]["batch_size"] == 4 and resolved["client"]["lr"] == 0.001
     assert resolved["dataset"]["root"] == fmnist_root
