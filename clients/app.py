@@ -161,10 +161,12 @@ def train(msg: Message, context: Context, run: Any) -> Message:
         check_fault(str(context.node_config[FAULT_KEY]))
     clients = group_clients(msg, context, int(run.cfg["federation"]["num_clients"]))
     global_state = msg.content["arrays"].to_torch_state_dict()
+    # one model object for the group (each client starts from the global state); DP-SGD wraps its own
+    model = run.new_model() if run.dp_sgd is None else None
     content = RecordDict()
     for cid in clients:
         try:
-            records = train_client(msg, context, run, cid, global_state)
+            records = train_client(msg, context, run, cid, global_state, model)
         except Exception as err:
             if len(clients) == 1:
                 raise
@@ -176,9 +178,14 @@ def train(msg: Message, context: Context, run: Any) -> Message:
 
 
 def train_client(
-    msg: Message, context: Context, run: Any, cid: int, global_state: dict[str, torch.Tensor]
-) -> RecordDict:
-    """Train ``global_state`` on client ``cid``'s partition; its reply records (``arrays``, ``metrics``, ...)."""
+    msg: Message, context: Context, run: Any, cid: int, global_state: dict[str, torch.Tensor],
+    model: torch.nn.Module | None = None,
+) -> RecordDict:  # fmt: skip
+    """Train ``global_state`` on client ``cid``'s partition; its reply records (``arrays``, ``metrics``, ...).
+
+    ``model``: a model object to train in (its weights, buffers and gradients
+    are reset to the global state first); ``None``: a new one.
+    """
     server_round = int(msg.content["config"]["server-round"])
     settings, device, seed = run.client, run.device, run.seed
 
@@ -194,7 +201,10 @@ def train_client(
         x, y = attack(x, y, attacker_rank=rank, generator=stream(Stream.DATA_POISONING, seed, cid, server_round))
     x, y = x.to(device), y.to(device)
 
-    model = run.new_model()
+    if model is None:
+        model = run.new_model()
+    for param in model.parameters():
+        param.grad = None
     model.load_state_dict(global_state)
     channels_last = uses_channels_last(model, settings.channels_last)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
