@@ -45,7 +45,8 @@ from attacks.threat import ThreatModel
 from clients.collusion import collude
 from clients.enrolment import partition_id
 from clients.faults import FAULT_KEY, check_fault, faulty_reply
-from clients.state_store import ClientStateStore, state_root
+from clients.slot_store import StateStore, open_state_store
+from clients.state_store import state_root
 from common.data import to_float
 from common.dp_training import sampling_plan, train_private
 from common.privacy import PrivacyLedger
@@ -72,6 +73,29 @@ def is_malicious(context: Context, threat: ThreatModel, cid: int) -> bool:
     if role not in ("malicious", "honest"):
         raise RuntimeError(f"node config role={role!r}: use role=malicious or role=honest")
     return role == "malicious"
+
+
+_STORES: dict[tuple[str, int, bool], StateStore] = {}
+
+
+def state_store(context: Context, run: Any, model: torch.nn.Module, *, keeps_ledger: bool) -> StateStore:
+    """This process's store of its clients' state for the run (one per run folder, kept open).
+
+    Momentum and participation counts go to one slot file (:class:`clients.slot_store.SlotStateStore`:
+    fixed offsets, no RAM kept per client); a DP-SGD ledger, of no fixed size, to one file per client and
+    round (:class:`clients.state_store.ClientStateStore`).
+    """
+    root = state_root(context.node_config, run.cfg["output_dir"])
+    num_clients = int(run.cfg["federation"]["num_clients"])
+    key = (str(root), num_clients, keeps_ledger)
+    if key not in _STORES:
+        while len(_STORES) >= 4:  # a process that served other runs before (tests): close their files
+            old = _STORES.pop(next(iter(_STORES)))
+            if hasattr(old, "close"):
+                old.close()
+        layout = {str(i): tuple(p.shape) for i, p in enumerate(model.parameters())}
+        _STORES[key] = open_state_store(root, num_clients=num_clients, keeps_ledger=keeps_ledger, layout=layout)
+    return _STORES[key]
 
 
 def _load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> int:
@@ -210,7 +234,7 @@ def train_client(
     model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     optimizer = settings.sgd(model.parameters())
     dp, extra = run.dp_sgd, {}
-    store = ClientStateStore(state_root(context.node_config, run.cfg["output_dir"]))
+    store = state_store(context, run, model, keeps_ledger=dp is not None)
     saved = store.load(cid, server_round) if settings.keep_optimizer_state or dp is not None else {}
     new_state: dict[str, Any] = {}
     participations = _load_optimizer_state(optimizer, saved) if settings.keep_optimizer_state else 0
