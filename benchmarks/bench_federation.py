@@ -109,12 +109,15 @@ def run_poisonlab(overrides: list[str], folder: Path) -> dict:
     argv = [sys.executable, "-m", "scripts.run", *overrides, f"hydra.run.dir={folder}"]
     start = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak, procs = [0.0], [0]
+    peak, procs, after_round = [0.0], [0], []
+    metrics = folder / "metrics.jsonl"
 
     def sample() -> None:
         while proc.poll() is None:
             mb, count = tree_stats(proc.pid)
             peak[0], procs[0] = max(peak[0], mb), max(procs[0], count)
+            rows = metrics.read_text().count("\n") if metrics.exists() else 0
+            after_round.extend([mb] * (rows - len(after_round)))  # the tree's RSS once each round is written
             time.sleep(0.5)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -127,7 +130,8 @@ def run_poisonlab(overrides: list[str], folder: Path) -> dict:
     lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
     rounds = [x["seconds"] for x in lines if x["round"] > 0]
     return {"rounds": rounds, "wall": wall, "startup": wall - sum(x["seconds"] for x in lines),
-            "peak_mb": peak[0], "peak_procs": procs[0], "accuracy": lines[-1]["accuracy"]}  # fmt: skip
+            "peak_mb": peak[0], "peak_procs": procs[0], "accuracy": lines[-1]["accuracy"],
+            "rss_after_round": after_round}  # fmt: skip
 
 
 def steady(times: list[float]) -> float:

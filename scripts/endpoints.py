@@ -1,7 +1,8 @@
 """Addresses, certificates and keys of a federation spread over machines, checked before anything starts.
 
-Shared by ``poisonlab-node`` (:mod:`scripts.node`) and ``engine=remote``
-(:class:`scripts.engines.RemoteFederation`). Every check raises
+Shared by ``poisonlab-node`` (:mod:`scripts.node`), ``engine=remote``
+(:class:`scripts.engines.RemoteFederation`) and ``engine.ray_address``
+(:class:`scripts.engines.Simulation`). Every check raises
 :class:`EndpointError` (a ``ValueError``) with a sentence that names the
 address or file and says how to fix it; nothing here starts a process.
 
@@ -138,6 +139,33 @@ def is_local_address(host: str) -> bool:
                 continue
             return True
     return False
+
+
+def check_reachable(host: str, port: int, *, service: str, fix: str, timeout: float = 5.0) -> None:
+    """Raise unless something accepts a TCP connection at ``host:port`` within ``timeout`` seconds.
+
+    Parameters
+    ----------
+    host, port : str, int
+        The address to connect to (the host without brackets).
+    service : str
+        What should listen there, for the message (e.g. "the Ray cluster's head").
+    fix : str
+        What to do about it, the end of the message.
+    timeout : float
+        Seconds for the connection.
+
+    Raises
+    ------
+    EndpointError
+        When the connection is refused, times out or the host does not resolve, with the reason.
+    """
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as err:
+        reason = err.strerror or str(err) or type(err).__name__
+        raise EndpointError(f"cannot reach {service} at {url_host(host)}:{port} ({reason}): {fix}") from None
 
 
 def check_superlink(host: str, port: int, *, ca: Path | None, timeout: float = 10.0) -> None:

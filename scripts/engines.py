@@ -12,6 +12,7 @@ round to ``on_round`` (the console's progress).
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from scripts.build import Run
 from scripts.deploy import run_local_deployment
 from scripts.endpoints import (
     EndpointError,
+    check_reachable,
     check_superlink,
     is_local_address,
     load_certificate,
@@ -30,6 +32,7 @@ from scripts.endpoints import (
     url_host,
 )
 from scripts.flower_run import FlowerSession, free_port
+from scripts.privacy import dp_mode
 
 OnRound = Callable[[dict[str, Any]], None]
 log = logging.getLogger("poisonlab.engine")
@@ -44,24 +47,64 @@ class Simulation:
     (``runs_colluding_attacks``, computed on the server: ``colluders_on_clients``
     false): the ServerApp sees every honest update there.
 
+    The client actors run on a Ray of the run's own, started on this machine
+    and stopped with the run, or, with ``ray_address``, on the nodes of a Ray
+    cluster that is already running (``ray start``), which the run joins and
+    leaves running. Flower's federation config has no field for Ray's address
+    (it passes only ``init-args-num-cpus|num-gpus|logging-level|log-to-driver``
+    to ``ray.init``), so the address reaches ``ray.init`` as ``RAY_ADDRESS`` in
+    the environment of the simulation process (:meth:`ray_env`). Joining, the
+    process that runs the ServerApp is the cluster's driver: poisonlab must run
+    on a node of the cluster (the head), and every node needs the same Python
+    environment with poisonlab installed and the data at the same path.
+
     Parameters
     ----------
     client_cpus : int
         CPUs each client actor reserves (Ray gives it that many torch threads);
-        with 1, as many clients train at once as there are cores. Flower's
+        with 1, as many clients train at once as there are cores (of all the
+        cluster's nodes: Flower makes as many actors as fit on each node). Flower's
         simulation config takes whole CPUs.
     client_gpus : float
-        GPU fraction each client actor reserves (0 = CPU only).
+        GPU fraction each client actor reserves (0 = CPU only). With ``ray_address``
+        the GPUs are the cluster's: this machine need not have one.
     num_cpus : int, optional
-        CPUs Ray may use in all (default: every core).
+        CPUs the local Ray may use in all (default: every core). Must be unset
+        with ``ray_address``: a cluster has the CPUs its nodes were started with
+        (``ray start --num-cpus``).
     object_store_mb : int
-        Cap on Ray's object store.
+        Cap on the local Ray's object store (``RAY_DEFAULT_OBJECT_STORE_MAX_MEMORY_BYTES``).
+        A cluster's object stores are sized by ``ray start`` on each node
+        (``--object-store-memory``); joining one, this does not apply.
     timeout : float
         Seconds for the whole run before everything is shut down.
+    ray_address : str, optional
+        ``HOST:PORT`` of a running Ray cluster's head (``ray start --head
+        --port=6379`` there), e.g. ``10.0.0.5:6379``; checked when the engine is
+        built, before the data is prepared (a TCP connection within
+        ``ray_connect_timeout`` seconds). ``None``: a local Ray of the run's own,
+        even where this machine runs a ``ray start`` cluster.
+    clients_per_node : int or "auto"
+        Clients each virtual SuperNode serves: the ServerApp sends one message
+        per node and round listing its sampled clients, trained one after
+        another in one actor, so a round of hundreds of clients costs a few
+        Flower messages and Ray round trips, not one per client (the numbers do
+        not change, see ``tests/server/test_client_groups.py``). ``auto``: 1
+        while a round samples at most 4 clients per worker (actor), else as
+        many as give 4 nodes per worker.
+    shared_run_dir : bool
+        With ``ray_address``: the run folder is on a filesystem every node of
+        the cluster shares (``hydra.run.dir=/shared/...``). Clients that keep
+        state between rounds (``client.keep_optimizer_state`` with momentum,
+        ``dp=opacus``) keep it under the run folder of the machine that trains
+        them, and Ray may train a client on another node next round: such runs
+        are refused on a cluster unless this says the folder is shared.
     """
 
     runs_colluding_attacks = True
     colluders_on_clients = False
+
+    ray_connect_timeout = 5.0  # seconds for the TCP connection to the cluster's head
 
     def __init__(
         self,
@@ -71,14 +114,23 @@ class Simulation:
         num_cpus: int | None = None,
         object_store_mb: int = 512,
         timeout: float = 86400,
+        ray_address: str | None = None,
+        clients_per_node: int | str = "auto",
+        shared_run_dir: bool = False,
     ) -> None:
+        if clients_per_node != "auto" and (
+            isinstance(clients_per_node, bool) or not isinstance(clients_per_node, int) or clients_per_node < 1
+        ):
+            raise ValueError(f"engine.clients_per_node must be auto or a whole number >= 1, got {clients_per_node}")
+        self.clients_per_node = clients_per_node
+        self.shared_run_dir = shared_run_dir
         if isinstance(client_cpus, bool) or not isinstance(client_cpus, int) or client_cpus < 1:
             raise ValueError(
                 f"engine.client_cpus must be a whole number >= 1 (Flower's simulation config), got {client_cpus}"
             )
         if not 0 <= client_gpus <= 1:
             raise ValueError(f"engine.client_gpus must be in [0, 1], got {client_gpus}")
-        if client_gpus > 0:
+        if client_gpus > 0 and ray_address is None:  # a cluster's GPUs are on its nodes, not necessarily here
             if not torch.cuda.is_available():
                 raise ValueError(f"engine.client_gpus={client_gpus} but no CUDA device is visible; set 0")
         if num_cpus is not None and num_cpus < client_cpus:
@@ -89,30 +141,109 @@ class Simulation:
             raise ValueError(f"engine.timeout must be > 0 seconds, got {timeout}")
         self.client_cpus = client_cpus
         self.client_gpus = client_gpus
-        self.num_cpus = num_cpus or os.cpu_count() or 1
         self.object_store_mb = object_store_mb
         self.timeout = timeout
+        self.ray_address: str | None = None
+        self.num_cpus: int | None = num_cpus or os.cpu_count() or 1
+        if ray_address is not None:
+            try:
+                host, port = parse_address(ray_address, "engine.ray_address")
+            except EndpointError as err:
+                raise EndpointError(
+                    f"{err}. engine.ray_address is the HOST:PORT of a running Ray cluster's head, with the port "
+                    "given to `ray start --head --port=6379` there: e.g. engine.ray_address=10.0.0.5:6379 (no ray:// "
+                    "scheme), or null for a local Ray of the run's own"
+                ) from None
+            if num_cpus is not None:
+                raise ValueError(
+                    f"engine.num_cpus={num_cpus} sizes the local Ray the engine starts; joining the cluster at "
+                    f"{ray_address} the run has the CPUs its nodes were started with (`ray start --num-cpus=N` on "
+                    "each): set engine.num_cpus=null"
+                )
+            check_reachable(
+                host, port, service="the Ray cluster's head", timeout=self.ray_connect_timeout,
+                fix=f"start it there with `ray start --head --port={port}` (and `ray start --address="
+                f"{url_host(host)}:{port}` on the other machines), check that this machine can reach it "
+                "(firewall), or fix engine.ray_address",
+            )  # fmt: skip
+            self.ray_address, self.num_cpus = f"{url_host(host)}:{port}", None
 
-    def federation_config(self, num_clients: int) -> dict[str, Any]:
-        """Flower's simulation config for the run (``flwr run --federation-config``)."""
-        return {
-            "num-supernodes": num_clients,
+    @property
+    def workers(self) -> int:
+        """Client actors that train at once: the local Ray's CPUs over each actor's (16 assumed on a cluster)."""
+        if self.num_cpus is None:
+            return 16
+        return max(1, self.num_cpus // self.client_cpus)
+
+    def num_nodes(self, num_clients: int, clients_per_round: int) -> int:
+        """Virtual SuperNodes for the run: ``num_clients`` over ``clients_per_node`` (see the class docstring)."""
+        if self.clients_per_node == "auto":
+            if clients_per_round <= 4 * self.workers:
+                return num_clients
+            return min(num_clients, 4 * self.workers)
+        return math.ceil(num_clients / int(self.clients_per_node))
+
+    def check_run(self, cfg: dict[str, Any]) -> None:
+        """Refuse, on a Ray cluster, clients that keep state between rounds unless the run folder is shared."""
+        if self.ray_address is None or self.shared_run_dir:
+            return
+        client = cfg["client"]
+        keeps = [
+            name
+            for name, on in (
+                ("client.keep_optimizer_state=true", client["keep_optimizer_state"] and client["momentum"] > 0),
+                ("dp=opacus", dp_mode(cfg["dp"]) == "opacus"),
+            )
+            if on
+        ]
+        if keeps:
+            raise ValueError(
+                f"{' and '.join(keeps)} keep each client's state between rounds under the run folder of the machine "
+                f"that trains it, and on the Ray cluster at {self.ray_address} a client may train on another node "
+                "next round: put the run folder on a filesystem every node shares (hydra.run.dir=/shared/...) and "
+                "add engine.shared_run_dir=true, or set client.keep_optimizer_state=false"
+            )
+
+    def federation_config(self, num_clients: int, clients_per_round: int | None = None) -> dict[str, Any]:
+        """Flower's simulation config for the run (``flwr run --federation-config``).
+
+        Every ``init-args-*`` key goes to ``ray.init``, which refuses ``num_cpus``
+        when it joins a cluster: ``init-args-num-cpus`` only for a local Ray.
+        """
+        config: dict[str, Any] = {
+            "num-supernodes": self.num_nodes(num_clients, clients_per_round or num_clients),
             "backend": "ray",
             "client-resources-num-cpus": self.client_cpus,
             "client-resources-num-gpus": float(self.client_gpus),
-            "init-args-num-cpus": self.num_cpus,
             "init-args-logging-level": "ERROR",
             "init-args-log-to-driver": True,
+        }
+        if self.ray_address is None:
+            config["init-args-num-cpus"] = self.num_cpus
+        return config
+
+    def ray_env(self) -> dict[str, str]:
+        """The environment of the simulation SuperLink and so of the process that calls ``ray.init``.
+
+        ``RAY_ADDRESS``: the cluster to join, else ``local``: without it ``ray.init()``
+        joins the cluster of the last ``ray start`` on this machine (and refuses
+        ``num_cpus``). ``RAY_DEFAULT_OBJECT_STORE_MAX_MEMORY_BYTES``: the local
+        Ray's object store cap (a cluster's nodes have theirs from ``ray start``).
+        """
+        return {
+            "RAY_ADDRESS": self.ray_address or "local",
+            "RAY_DEFAULT_OBJECT_STORE_MAX_MEMORY_BYTES": str(self.object_store_mb * 1024 * 1024),
         }
 
     def run(self, run: Run, on_round: OnRound, *, verbose: bool = False) -> None:
         """Start a simulation SuperLink, submit the run, follow it to its end, stop everything."""
         cfg = run.cfg
         host = "127.0.0.1"
-        env = {"RAY_DEFAULT_OBJECT_STORE_MAX_MEMORY_BYTES": str(self.object_store_mb * 1024 * 1024)}
-        with FlowerSession(Path(cfg["output_dir"]), host=host, port=free_port(host), env=env) as session:
+        with FlowerSession(Path(cfg["output_dir"]), host=host, port=free_port(host), env=self.ray_env()) as session:
             session.start_superlink(simulation=True)
-            fed = self.federation_config(int(cfg["federation"]["num_clients"]))
+            fed = self.federation_config(
+                int(cfg["federation"]["num_clients"]), int(cfg["federation"]["clients_per_round"])
+            )
             session.run(cfg, timeout=self.timeout, on_round=on_round, federation_config=fed, verbose=verbose)
 
 
