@@ -13,7 +13,8 @@ The replies, their order and the timeout are Flower's semantics.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Iterable, Iterator
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
@@ -50,10 +51,15 @@ class PromptGrid(Grid):
         return self.grid.pull_messages(message_ids)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        """Push ``messages``, then pull until every reply is in or ``timeout`` seconds passed (``None``: no limit)."""
+        """Push ``messages``, then pull until every reply is in or ``timeout`` seconds passed (``None``: no limit).
+
+        The replies come as an iterator that lets go of each one once handed
+        out, so a round of thousands of replies is not held twice while the
+        strategy decodes it.
+        """
         waiting = set(self.push_messages(messages))
         end = None if timeout is None else time.monotonic() + timeout
-        replies: list[Message] = []
+        replies: deque[Message] = deque()
         while waiting:
             arrived = list(self.pull_messages(waiting))
             replies.extend(arrived)
@@ -61,4 +67,10 @@ class PromptGrid(Grid):
             if not waiting or (end is not None and time.monotonic() >= end):
                 break
             time.sleep(self.interval if end is None else max(0.0, min(self.interval, end - time.monotonic())))
-        return replies
+        return _drain(replies)
+
+
+def _drain(replies: deque[Message]) -> Iterator[Message]:
+    """Hand out the replies one by one, dropping each from ``replies`` as it goes."""
+    while replies:
+        yield replies.popleft()

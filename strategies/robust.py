@@ -220,7 +220,7 @@ class RobustStrategy(Strategy):
         node that stopped sending heartbeats: Flower's "Node Unavailable"), so
         it is matched to the message it answers, not to its sender.
         """
-        clients_of_message = {m.metadata.message_id: cids for m, cids in self._sent}
+        clients_of_message = {m.metadata.message_id: cids for m, cids in self._sent if m.metadata.message_id}
         for msg in replies:
             if msg.has_error():
                 error = ConfigRecord({"reason": str(msg.error.reason), "code": int(msg.error.code)})
@@ -252,7 +252,10 @@ class RobustStrategy(Strategy):
         assert self.global_state is not None, "configure_train must run first"
         rec = self.records[server_round]
         global_vec = self.codec.to_vector(self.global_state)
-        valid: dict[int, tuple[Tensor, list[Tensor]]] = {}
+        # each valid delta goes straight into its row (sampled clients in id order): no second copy to stack
+        row_of = {cid: i for i, cid in enumerate(sorted(rec.sampled))}
+        rows = torch.empty((len(row_of), self.codec.layout.size), dtype=torch.float32)
+        valid: dict[int, tuple[int, list[Tensor]]] = {}
         losses: list[float] = []
         for cid, content in self._replies_by_client(server_round, replies):
             if ERROR_RECORD in content:
@@ -277,7 +280,9 @@ class RobustStrategy(Strategy):
                 rec.rejected[cid] = str(err)
                 log.warning("round %d: rejected the update of client %d: %s", server_round, cid, err)
             else:
-                valid[cid] = (delta, buffers)
+                rows[row_of[cid]] = delta
+                delta = rows[row_of[cid]]
+                valid[cid] = (row_of[cid], buffers)
                 if loss is not None:
                     losses.append(loss)
             if self.observer is not None:
@@ -291,7 +296,9 @@ class RobustStrategy(Strategy):
             self.rule.check_clients(len(ids))
         except RuleConfigError as err:
             return self._cannot_aggregate(server_round, f"{len(ids)} valid replies: {err}")
-        matrix = torch.stack([valid[c][0] for c in ids])
+        at = [valid[c][0] for c in ids]
+        matrix = rows if at == list(range(len(rows))) else rows[torch.tensor(at, dtype=torch.long)]
+        del rows
         if self.update_hook is not None:
             matrix = self.update_hook(server_round, ids, matrix)
         sizes = torch.tensor([float(self.partition_sizes[c]) for c in ids])

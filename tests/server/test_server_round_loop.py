@@ -15,7 +15,7 @@ from fake_grid import SILENT, FakeGrid, federate, final_model, lines_of, make_ru
 from flwr.app import Context, Error, MessageType, RecordDict
 from flwr.common.constant import ErrorCode
 
-from clients.state_store import ClientStateStore
+from clients.slot_store import open_state_store
 from common.training import confusion_matrix
 from server.app import enrol_clients, enrol_newcomers, run_federation
 
@@ -124,7 +124,7 @@ def test_a_clean_run_writes_every_round_and_its_outputs(tmp_path, fmnist_root):
         assert sorted(grid.client_of(m.metadata.dst_node_id) for m in sent) == sorted(line["sampled"])
     # each client's state persisted across rounds in the node's state store (its momentum and participation count),
     # read back from the round before the one it trains in
-    store = ClientStateStore(tmp_path / "checkpoint" / "clients")
+    store = open_state_store(tmp_path / "checkpoint" / "clients", num_clients=4, keeps_ledger=False)
     assert [store.load(c, before_round=3)["participations"] for c in range(4)] == [2, 2, 2, 2]
     assert [store.load(c, before_round=2)["participations"] for c in range(4)] == [1, 1, 1, 1]
     assert store.load(0, before_round=1) == {}
