@@ -31,14 +31,15 @@ LATENCY = ["federation.num_clients=5", "federation.clients_per_round=5", "partit
            "output.plots=false"]  # fmt: skip
 
 
-def same_metrics(a: Path, b: Path) -> bool:
-    """Every round's accuracy and loss equal in two run folders."""
+def metric_gap(a: Path, b: Path) -> tuple[float, float]:
+    """The largest difference in accuracy and in loss over the rounds of two run folders."""
 
     def read(folder: Path) -> list[tuple[float, float]]:
         lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
         return [(x["accuracy"], x["loss"]) for x in lines]
 
-    return read(a) == read(b)
+    pairs = list(zip(read(a), read(b), strict=True))
+    return max(abs(x[0] - y[0]) for x, y in pairs), max(abs(x[1] - y[1]) for x, y in pairs)
 
 
 def part_one(rounds: int) -> None:
@@ -46,13 +47,14 @@ def part_one(rounds: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         sim = run_poisonlab([*LATENCY, f"federation.num_rounds={rounds}"], Path(tmp) / "sim")
         dep = run_poisonlab([*LATENCY, f"federation.num_rounds={rounds}", "engine=deployment"], Path(tmp) / "dep")
-        same = same_metrics(Path(tmp) / "sim", Path(tmp) / "dep")
+        acc_gap, loss_gap = metric_gap(Path(tmp) / "sim", Path(tmp) / "dep")
     s, d = steady(sim["rounds"]), steady(dep["rounds"])
     print("\n| engine | s/round (median, rounds 2..R) | start-up s | peak RSS MiB | ratio |\n|---|---|---|---|---|")
     print(f"| simulation (Ray) | {s:.2f} | {sim['startup']:.1f} | {sim['peak_mb']:.0f} | 1.00 |")
     print(f"| deployment (5 SuperNodes, TLS + auth) | {d:.2f} | {dep['startup']:.1f} | {dep['peak_mb']:.0f} "
           f"| {d / s:.2f} |")  # fmt: skip
-    print(f"\nidentical metrics on both engines: {same}", flush=True)
+    print(f"\nlargest difference between the engines over the rounds: accuracy {acc_gap:.4g}, loss {loss_gap:.3g}",
+          flush=True)  # fmt: skip
 
 
 def part_two() -> None:
