@@ -1,8 +1,8 @@
 """Hundreds to thousands of clients per round: poisonlab against the sequential plain-PyTorch floor.
 
 The work (McMahan et al.'s 2NN, MLP 784-200-200-10; 120 Fashion-MNIST samples
-per client, 6 at 10,000 clients (the 60,000 training images shared out); batch
-32, one local epoch, SGD lr 0.001 momentum 0.9 with each client's momentum kept
+per client, 60 at 1,000 and 6 at 10,000 clients (the 60,000 training images
+shared out); batch 32, one local epoch, SGD lr 0.001 momentum 0.9 with each client's momentum kept
 across its participations, unweighted mean):
 
 * the floor: one process, the round's clients trained one after another by a
