@@ -75,18 +75,9 @@ def write_connection(home: Path, address: str, ca: Path | None) -> None:
     )
 
 
-#: seconds between a SuperExec's asks for work (Flower's default 1 s; every ClientApp message waits on it)
-SUPEREXEC_POLL_S = "0.1"
-
-
 def flower_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """This process's environment for Flower's processes and CLI: ``FLWR_HOME``, no update check, this venv first.
-
-    A SuperExec started from it asks for work every 0.1 s instead of every
-    second (``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``, unless set already).
-    """
+    """This process's environment for Flower's processes and CLI: ``FLWR_HOME``, no update check, this venv first."""
     return {
-        "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": SUPEREXEC_POLL_S,
         **os.environ,
         **(extra or {}),
         "FLWR_HOME": str(home),
