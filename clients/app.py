@@ -49,6 +49,7 @@ from clients.slot_store import StateStore, open_state_store
 from clients.state_store import state_root
 from common.data import to_float
 from common.dp_training import sampling_plan, train_private
+from common.fused_training import default_fused, fusable, train_group_epochs
 from common.privacy import PrivacyLedger
 from common.runtime import (
     CAPTURE_STEPS_KEY,
@@ -188,6 +189,11 @@ def train(msg: Message, context: Context, run: Any) -> Message:
     # one model object for the group (each client starts from the global state); DP-SGD wraps its own
     model = run.new_model() if run.dp_sgd is None else None
     content = RecordDict()
+    if fuses(msg, run, model, clients):
+        for cid, records in train_fused(msg, context, run, clients, global_state, model).items():
+            for name, record in records.items():
+                content[client_key(name, cid)] = record
+        return Message(content, reply_to=msg)
     for cid in clients:
         try:
             records = train_client(msg, context, run, cid, global_state, model)
@@ -201,6 +207,91 @@ def train(msg: Message, context: Context, run: Any) -> Message:
     return Message(content, reply_to=msg)
 
 
+def client_data(
+    context: Context, run: Any, cid: int, server_round: int
+) -> tuple[torch.Tensor, torch.Tensor, str | None]:  # fmt: skip
+    """Client ``cid``'s training data on the device (poisoned when it attacks with data), and its attack kind."""
+    data, seed = run.dataset, run.seed
+    idx = torch.from_numpy(run.partitions[cid])
+    x, y = to_float(data.train_x[idx]), data.train_y[idx]
+    threat, attack = run.threat, run.attack
+    attacking = attack is not None and is_malicious(context, threat, cid) and threat.active(server_round)
+    kind = run.attack_kind if attacking else None
+    if kind == "data":
+        rank = threat.attacker_rank(cid) if threat.is_malicious(cid) else 0
+        x, y = attack(x, y, attacker_rank=rank, generator=stream(Stream.DATA_POISONING, seed, cid, server_round))
+    return x.to(run.device), y.to(run.device), kind
+
+
+def client_reply(
+    context: Context, run: Any, cid: int, server_round: int, global_state: dict[str, torch.Tensor],
+    state: dict[str, torch.Tensor], kind: str | None, metrics: dict[str, float],
+) -> RecordDict:  # fmt: skip
+    """Client ``cid``'s reply records for its trained ``state``, with its update attack or collusion applied."""
+    attack, seed = run.attack, run.seed
+    if kind == "update":
+        codec = run.codec
+        start = codec.to_vector(global_state)
+        noise = stream(Stream.UPDATE_POISONING, seed, cid, server_round)
+        delta = attack(codec.to_vector(state) - start, generator=noise)
+        state = dict(codec.to_state(start + delta, codec.buffers(state)))
+    report = None
+    if kind == "colluding" and run.colluders_on_clients:  # a deployment: this client computes the attack itself
+        state, report = collude(run, context, cid=cid, server_round=server_round, global_state=global_state,
+                                state=state)  # fmt: skip
+    record = MetricRecord(metrics)
+    content = RecordDict({"arrays": ArrayRecord(state), "metrics": record})
+    if FAULT_KEY in context.node_config:  # a SuperNode started to send malformed replies (clients.faults)
+        content = faulty_reply(str(context.node_config[FAULT_KEY]), state, record)
+    if report is not None:
+        content[COLLUSION_REPORT_KEY] = report
+    return content
+
+
+def fuses(msg: Message, run: Any, model: torch.nn.Module | None, clients: list[int]) -> bool:
+    """Whether this message's group trains in one vectorised step (``client.fused``, :mod:`common.fused_training`)."""
+    setting = run.client.fused
+    wanted = setting is True or (setting == "auto" and default_fused(run.device))
+    config = msg.content["config"]
+    capture = any(int(config.get(client_key(CAPTURE_STEPS_KEY, c), 0)) > 0 for c in clients)
+    return wanted and len(clients) > 1 and model is not None and run.dp_sgd is None and not capture and fusable(model)
+
+
+def train_fused(
+    msg: Message, context: Context, run: Any, clients: list[int], global_state: dict[str, torch.Tensor],
+    model: torch.nn.Module,
+) -> dict[int, RecordDict]:  # fmt: skip
+    """Train the group ``clients`` in one vectorised step (:func:`common.fused_training.train_group_epochs`).
+
+    Each client draws its batches from its own stream, loads and saves its
+    momentum as :func:`train_client` does, and is poisoned and replies the
+    same way; only the arithmetic is batched (equal up to float rounding).
+    """
+    server_round = int(msg.content["config"]["server-round"])
+    settings, seed = run.client, run.seed
+    store = state_store(context, run, model, keeps_ledger=False)
+    prepared = [client_data(context, run, cid, server_round) for cid in clients]
+    saved = [store.load(cid, server_round) if settings.keep_optimizer_state else {} for cid in clients]
+    participations = [int(s.get("participations", 0)) for s in saved]
+    model.to(run.device)
+    results = train_group_epochs(
+        model, [global_state] * len(clients), [s.get("momentum") for s in saved], [x for x, _, _ in prepared],
+        [y for _, y, _ in prepared], [settings.lr_at(p) for p in participations], momentum=settings.momentum,
+        weight_decay=settings.weight_decay, spec=run.dataset.spec, batch_size=settings.batch_size,
+        epochs=settings.epochs, local_steps=settings.local_steps,
+        generators=[stream(Stream.CLIENT_BATCHES, seed, cid, server_round) for cid in clients],
+    )  # fmt: skip
+    replies = {}
+    for cid, (_, y, kind), done, before in zip(clients, prepared, results, participations, strict=True):
+        if settings.keep_optimizer_state:
+            momentum = {i: b.detach().cpu().contiguous() for i, b in done.momentum.items()}
+            store.save(cid, server_round, {"momentum": momentum, "participations": before + 1})
+        state = {k: v.detach().cpu().contiguous() for k, v in done.state.items()}
+        metrics = {"train-loss": done.stats["train_loss"], "num-examples": len(y), "steps": done.stats["steps"]}
+        replies[cid] = client_reply(context, run, cid, server_round, global_state, state, kind, metrics)
+    return replies
+
+
 def train_client(
     msg: Message, context: Context, run: Any, cid: int, global_state: dict[str, torch.Tensor],
     model: torch.nn.Module | None = None,
@@ -212,18 +303,8 @@ def train_client(
     """
     server_round = int(msg.content["config"]["server-round"])
     settings, device, seed = run.client, run.device, run.seed
-
     data = run.dataset
-    idx = torch.from_numpy(run.partitions[cid])
-    x, y = to_float(data.train_x[idx]), data.train_y[idx]
-
-    threat, attack = run.threat, run.attack
-    attacking = attack is not None and is_malicious(context, threat, cid) and threat.active(server_round)
-    kind = run.attack_kind if attacking else None
-    rank = threat.attacker_rank(cid) if threat.is_malicious(cid) else 0
-    if kind == "data":
-        x, y = attack(x, y, attacker_rank=rank, generator=stream(Stream.DATA_POISONING, seed, cid, server_round))
-    x, y = x.to(device), y.to(device)
+    x, y, kind = client_data(context, run, cid, server_round)
 
     if model is None:
         model = run.new_model()
@@ -269,24 +350,8 @@ def train_client(
         store.save(cid, server_round, new_state)
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    if kind == "update":
-        codec = run.codec
-        start = codec.to_vector(global_state)
-        noise = stream(Stream.UPDATE_POISONING, seed, cid, server_round)
-        delta = attack(codec.to_vector(state) - start, generator=noise)
-        state = dict(codec.to_state(start + delta, codec.buffers(state)))
-    report = None
-    if kind == "colluding" and run.colluders_on_clients:  # a deployment: this client computes the attack itself
-        state, report = collude(run, context, cid=cid, server_round=server_round, global_state=global_state,
-                                state=state)  # fmt: skip
-    metrics = MetricRecord(
-        {"train-loss": stats["train_loss"], "num-examples": len(y), "steps": stats["steps"], **extra}
-    )
-    content = RecordDict({"arrays": ArrayRecord(state), "metrics": metrics})
-    if FAULT_KEY in context.node_config:  # a SuperNode started to send malformed replies (clients.faults)
-        content = faulty_reply(str(context.node_config[FAULT_KEY]), state, metrics)
+    metrics = {"train-loss": stats["train_loss"], "num-examples": len(y), "steps": stats["steps"], **extra}
+    content = client_reply(context, run, cid, server_round, global_state, state, kind, metrics)
     if capture is not None:
         content["leakage"] = capture.as_record()
-    if report is not None:
-        content[COLLUSION_REPORT_KEY] = report
     return content

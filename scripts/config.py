@@ -45,9 +45,15 @@ class Federation:
 
 @dataclass(frozen=True)
 class ClientSettings(LocalTraining):
-    """Local training plus the client's execution settings (``client`` section)."""
+    """Local training plus the client's execution settings (``client`` section).
+
+    ``fused``: a node's group of clients trains in one vectorised step
+    (:mod:`common.fused_training`) when the model allows it and no client of
+    the group uses DP-SGD or a leakage capture; ``auto``: on a GPU only.
+    """
 
     channels_last: bool = True
+    fused: bool | str = "auto"
 
 
 @dataclass(frozen=True)
@@ -166,6 +172,8 @@ def check_client(client: ClientSettings) -> None:
         raise ConfigError(f"client.batch_size must be >= 1, got {client.batch_size}")
     if client.epochs < 1:
         raise ConfigError(f"client.epochs must be >= 1, got {client.epochs}")
+    if client.fused not in (True, False, "auto"):
+        raise ConfigError(f"client.fused must be auto, true or false, got {client.fused!r}")
     if client.local_steps < 0:
         raise ConfigError(f"client.local_steps must be >= 0 (0: whole epochs), got {client.local_steps}")
     if client.lr_step < 0 or not 0 < client.lr_gamma <= 1:

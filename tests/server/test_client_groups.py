@@ -77,3 +77,29 @@ def test_a_group_member_that_fails_is_silent_or_sends_garbage_is_that_client_alo
     assert first["selected"] == [1, 2, 3, 4] and first["diverged"] is False
     assert lines[2]["failed"] == {} and lines[2]["rejected"] == {} and lines[2]["selected"] == list(range(7))
     assert summary["status"] == "complete"
+
+
+def test_a_fused_group_trains_in_one_vectorised_step_and_gives_the_sequential_numbers(
+    tmp_path, fmnist_root, monkeypatch
+):
+    import clients.app
+
+    fused_calls: list[int] = []
+    real = clients.app.train_group_epochs
+
+    def counted(model, states, *args, **kwargs):
+        fused_calls.append(len(states))
+        return real(model, states, *args, **kwargs)
+
+    monkeypatch.setattr(clients.app, "train_group_epochs", counted)  # the real function, counted
+    threat = ["attack=label_flip", "attack.num_malicious=2", "strategy=trimmed_mean", "strategy.beta=0.2"]
+    sequential, _, _ = federate(tmp_path / "sequential", *GROUPED, *threat, nodes=3)
+    assert fused_calls == []  # client.fused=auto: not on a CPU
+    fused, summary, _ = federate(tmp_path / "fused", *GROUPED, *threat, "client.fused=true", nodes=3)
+    assert summary["status"] == "complete" and 0 < sum(fused_calls) <= 3 * 5 and max(fused_calls) > 1
+    for ours, ref in zip(fused, sequential, strict=True):
+        assert ours.get("sampled") == ref.get("sampled") and ours.get("selected") == ref.get("selected")
+        assert ours["accuracy"] == pytest.approx(ref["accuracy"], abs=2e-3)
+        assert ours["loss"] == pytest.approx(ref["loss"], rel=1e-4)
+    for name, tensor in final_model(tmp_path / "sequential").items():
+        assert torch.allclose(final_model(tmp_path / "fused")[name], tensor, atol=1e-5)
