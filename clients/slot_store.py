@@ -480,11 +480,7 @@ def _write_run(fd: int, offset: int, tensors: list[torch.Tensor]) -> None:
     while buffers:
         n = os.pwritev(fd, buffers, offset)
         offset += n
-        while buffers and n >= len(buffers[0]):
-            n -= len(buffers[0])
-            buffers.pop(0)
-        if buffers and n:
-            buffers[0] = buffers[0][n:]
+        _advance(buffers, n)
 
 
 def _read_run(fd: int, offset: int, tensors: list[torch.Tensor]) -> None:
@@ -495,8 +491,13 @@ def _read_run(fd: int, offset: int, tensors: list[torch.Tensor]) -> None:
         if n == 0:
             raise OSError(f"unexpected end of the slot file at offset {offset}")
         offset += n
-        while buffers and n >= len(buffers[0]):
-            n -= len(buffers[0])
-            buffers.pop(0)
-        if buffers and n:
-            buffers[0] = buffers[0][n:]
+        _advance(buffers, n)
+
+
+def _advance(buffers: list, n: int) -> None:
+    """Drop the first ``n`` bytes of ``buffers`` (a short ``preadv``/``pwritev`` is resumed after them)."""
+    while buffers and n >= len(buffers[0]):
+        n -= len(buffers[0])
+        buffers.pop(0)
+    if buffers and n:
+        buffers[0] = buffers[0][n:]

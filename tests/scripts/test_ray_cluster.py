@@ -28,18 +28,9 @@ import pytest
 
 from scripts.endpoints import EndpointError
 from scripts.engines import Simulation
+from tests.server.fake_grid import SMALL as FAKE_GRID_SMALL
 
-SMALL = [
-    "model=mlp",
-    "federation.num_clients=4",
-    "federation.clients_per_round=4",
-    "federation.num_rounds=2",
-    "partition.samples_per_client=64",
-    "client.batch_size=32",
-    "device=cpu",
-    "output.plots=false",
-    "engine.client_cpus=1",
-]
+SMALL = [*FAKE_GRID_SMALL, "engine.client_cpus=1"]  # the small federation of the ServerApp tests
 OBJECT_STORE = 80 * 1024 * 1024  # Ray's minimum is 75 MiB
 
 
