@@ -103,9 +103,9 @@ def epoch_batches(n: int, batch_size: int, epochs: int, generator: torch.Generat
 
 
 def step_batches(n: int, batch_size: int, steps: int, generator: torch.Generator) -> Iterator[Tensor]:
-    """Exactly ``steps`` index batches, cycling over epochs in fresh seeded orders."""
+    """Exactly ``steps`` index batches, cycling over epochs in fresh seeded orders (none for an empty shard)."""
     taken = 0
-    while taken < steps:
+    while taken < steps and n > 0:
         for idx in batches(n, batch_size, generator):
             if taken == steps:
                 return
