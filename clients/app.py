@@ -188,20 +188,20 @@ def train(msg: Message, context: Context, run: Any) -> Message:
     global_state = msg.content["arrays"].to_torch_state_dict()
     # one model object for the group (each client starts from the global state); DP-SGD wraps its own
     model = run.new_model() if run.dp_sgd is None else None
-    content = RecordDict()
     if fuses(msg, run, model, clients):
-        for cid, records in train_fused(msg, context, run, clients, global_state, model).items():
-            for name, record in records.items():
-                content[client_key(name, cid)] = record
-        return Message(content, reply_to=msg)
-    for cid in clients:
-        try:
-            records = train_client(msg, context, run, cid, global_state, model)
-        except Exception as err:
-            if len(clients) == 1:
-                raise
-            log.exception("client %d failed", cid)
-            records = RecordDict({ERROR_RECORD: ConfigRecord({"reason": f"{type(err).__name__}: {err}"})})
+        per_client = train_fused(msg, context, run, clients, global_state, model)
+    else:
+        per_client = {}
+        for cid in clients:
+            try:
+                per_client[cid] = train_client(msg, context, run, cid, global_state, model)
+            except Exception as err:
+                if len(clients) == 1:
+                    raise
+                log.exception("client %d failed", cid)
+                per_client[cid] = RecordDict({ERROR_RECORD: ConfigRecord({"reason": f"{type(err).__name__}: {err}"})})
+    content = RecordDict()
+    for cid, records in per_client.items():
         for name, record in records.items():
             content[client_key(name, cid)] = record
     return Message(content, reply_to=msg)

@@ -74,6 +74,17 @@ def role_mismatch(reply: Message, cid: int, malicious: Collection[int] | None) -
     )
 
 
+def enrolled_block(reply: Message, num_clients: int) -> tuple[int, int] | None:
+    """``(partition id k, node count M)`` of an enrolment reply, ``None`` unless ``0 <= k < M <= num_clients``.
+
+    ``num-partitions=-1`` (not given) counts as ``num_clients``: one client per node.
+    """
+    info = reply.content["enrolment"]
+    part, claimed_n = int(info["partition-id"]), int(info["num-partitions"])
+    nodes = num_clients if claimed_n == -1 else claimed_n
+    return (part, nodes) if 0 <= part < nodes <= num_clients else None
+
+
 def enrol_clients(
     grid: Grid, num_clients: int, timeout: float, batch: int = 0, malicious: Collection[int] | None = None
 ) -> dict[int, int]:
@@ -118,15 +129,14 @@ def enrol_clients(
                 node = reply.metadata.src_node_id
                 if reply.has_error():
                     raise RuntimeError(f"SuperNode {node} failed to enrol: {reply.error.reason}")
-                info = reply.content["enrolment"]
-                part, claimed_n = int(info["partition-id"]), int(info["num-partitions"])
-                nodes = num_clients if claimed_n == -1 else claimed_n
-                if not 0 <= part < nodes <= num_clients:
+                if (block := enrolled_block(reply, num_clients)) is None:
+                    info = reply.content["enrolment"]
                     raise RuntimeError(
-                        f"SuperNode {node} has partition-id={part}, num-partitions={claimed_n}, but the run has "
-                        f"federation.num_clients={num_clients} (node k of M serves a block of the clients: "
-                        "0 <= k < M <= federation.num_clients)"
+                        f"SuperNode {node} has partition-id={info['partition-id']}, num-partitions="
+                        f"{info['num-partitions']}, but the run has federation.num_clients={num_clients} (node k of M "
+                        "serves a block of the clients: 0 <= k < M <= federation.num_clients)"
                     )
+                part, nodes = block
                 if num_nodes is not None and nodes != num_nodes:
                     raise RuntimeError(
                         f"SuperNode {node} has num-partitions={nodes}, another one num-partitions={num_nodes}: "
@@ -167,14 +177,12 @@ def enrol_newcomers(
         if reply.has_error():
             log.warning("SuperNode %d connected after enrolment but did not enrol: %s", node, reply.error.reason)
             continue
-        info = reply.content["enrolment"]
-        part, claimed_n = int(info["partition-id"]), int(info["num-partitions"])
-        nodes = num_clients if claimed_n == -1 else claimed_n
-        if not 0 <= part < nodes <= num_clients:
-            log.warning("SuperNode %d connected after enrolment with partition-id=%d num-partitions=%d: not a node "
-                        "of this run", node, part, claimed_n)  # fmt: skip
+        if (block := enrolled_block(reply, num_clients)) is None:
+            info = reply.content["enrolment"]
+            log.warning("SuperNode %d connected after enrolment with partition-id=%s num-partitions=%s: not a node "
+                        "of this run", node, info["partition-id"], info["num-partitions"])  # fmt: skip
             continue
-        clients = clients_of_node(part, nodes, num_clients)
+        clients = clients_of_node(*block, num_clients)
         if mismatch := next(filter(None, (role_mismatch(reply, cid, malicious) for cid in clients)), None):
             log.warning("left out: %s", mismatch)
             continue

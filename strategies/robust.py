@@ -146,7 +146,7 @@ class RobustStrategy(Strategy):
         self.node_of = node_of
         #: node id -> the clients this round's message to it lists (a node may serve a group of clients)
         self.asked: dict[int, list[int]] = {}
-        self._sent: list[tuple[Message, list[int]]] = []  # this round's messages (Flower stamps their ids on push)
+        self._sent: list[Message] = []  # this round's messages (Flower stamps their ids on push)
         self.sample = sample
         self.partition_sizes = partition_sizes
         self.train_config = train_config
@@ -190,7 +190,7 @@ class RobustStrategy(Strategy):
                 node_config.update({client_key(key, c): value for key, value in extra.items()})
             record = RecordDict({"arrays": arrays, "config": ConfigRecord(node_config)})
             messages.append(Message(content=record, message_type=MessageType.TRAIN, dst_node_id=node))
-        self._sent = [(m, self.asked[m.metadata.dst_node_id]) for m in messages]
+        self._sent = messages
         return messages
 
     def _per_client(self, server_round: int, msg: Message) -> dict[int, RecordDict]:
@@ -220,7 +220,8 @@ class RobustStrategy(Strategy):
         node that stopped sending heartbeats: Flower's "Node Unavailable"), so
         it is matched to the message it answers, not to its sender.
         """
-        clients_of_message = {m.metadata.message_id: cids for m, cids in self._sent if m.metadata.message_id}
+        clients_of_message = {m.metadata.message_id: self.asked[m.metadata.dst_node_id] for m in self._sent
+                              if m.metadata.message_id}  # fmt: skip
         for msg in replies:
             if msg.has_error():
                 error = ConfigRecord({"reason": str(msg.error.reason), "code": int(msg.error.code)})
