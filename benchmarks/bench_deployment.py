@@ -3,9 +3,11 @@
 Part 1 (latency): the same run, 5 clients all taking part, 1,200 Fashion-MNIST
 samples each (paper A's CNN, batch 4, one epoch), on ``engine=simulation`` and
 on ``engine=deployment`` (a SuperLink and 5 SuperNode processes, TLS and
-SuperNode authentication on, every message a ClientApp process); steady-state
-seconds per round (median over rounds 2..R) and the ratio, in one sitting. The
-metrics of the two must be identical (same seed).
+SuperNode authentication on, every message a ClientApp process), the latter
+twice: with Flower's cold ClientApp processes (``engine.warm_clientapps=false``)
+and with processes forked from a warm server (the default); steady-state
+seconds per round (median over rounds 2..R) and the ratios, in one sitting. The
+metrics of all three must be identical (same seed).
 
 Part 2 (load): paper A's federation (50 SuperNodes, 5 per round) as a loopback
 deployment for 3 rounds: enrolment and round times, peak resident memory summed
@@ -44,17 +46,25 @@ def metric_gap(a: Path, b: Path) -> tuple[float, float]:
 
 def part_one(rounds: int) -> None:
     print(f"== Part 1: one run on the simulation and as a loopback deployment, {os.cpu_count()} cores ==", flush=True)
+    cases = [("simulation (Ray)", "sim", []),
+             ("deployment, cold ClientApp processes (Flower's start)", "cold",
+              ["engine=deployment", "engine.warm_clientapps=false"]),
+             ("deployment, warm ClientApp processes (forked)", "warm", ["engine=deployment"])]  # fmt: skip
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        sim = run_poisonlab([*LATENCY, f"federation.num_rounds={rounds}"], Path(tmp) / "sim")
-        dep = run_poisonlab([*LATENCY, f"federation.num_rounds={rounds}", "engine=deployment"], Path(tmp) / "dep")
-        acc_gap, loss_gap = metric_gap(Path(tmp) / "sim", Path(tmp) / "dep")
-    s, d = steady(sim["rounds"]), steady(dep["rounds"])
+        for label, name, extra in cases:
+            res = run_poisonlab([*LATENCY, f"federation.num_rounds={rounds}", *extra], Path(tmp) / name)
+            print(f"  {label}: {steady(res['rounds']):.2f} s/round", flush=True)
+            rows.append((label, name, res))
+        gaps = {name: metric_gap(Path(tmp) / "sim", Path(tmp) / name) for _, name, _ in rows[1:]}
+    s = steady(rows[0][2]["rounds"])
     print("\n| engine | s/round (median, rounds 2..R) | start-up s | peak RSS MiB | ratio |\n|---|---|---|---|---|")
-    print(f"| simulation (Ray) | {s:.2f} | {sim['startup']:.1f} | {sim['peak_mb']:.0f} | 1.00 |")
-    print(f"| deployment (5 SuperNodes, TLS + auth) | {d:.2f} | {dep['startup']:.1f} | {dep['peak_mb']:.0f} "
-          f"| {d / s:.2f} |")  # fmt: skip
-    print(f"\nlargest difference between the engines over the rounds: accuracy {acc_gap:.4g}, loss {loss_gap:.3g}",
-          flush=True)  # fmt: skip
+    for label, _, res in rows:
+        d = steady(res["rounds"])
+        print(f"| {label} | {d:.2f} | {res['startup']:.1f} | {res['peak_mb']:.0f} | {d / s:.2f} |")
+    for name, (acc_gap, loss_gap) in gaps.items():
+        print(f"largest difference from the simulation over the rounds ({name}): accuracy {acc_gap:.4g}, "
+              f"loss {loss_gap:.3g}", flush=True)  # fmt: skip
 
 
 def part_two() -> None:

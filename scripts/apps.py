@@ -8,8 +8,10 @@ Deployments load ``scripts.apps:server_app`` and ``scripts.apps:client_app``
 (the ``pyproject.toml`` that :mod:`scripts.flower_run` submits); both engines
 submit them the same way. torch and the run are imported on the first train
 message (or the ServerApp's start), never for enrolment: in a deployment every
-message starts a ClientApp process, and an enrolment query costs one that
-imports Flower only.
+message runs in a ClientApp process of its own, and where that process starts
+cold (``engine.warm_clientapps=false``; by default it is forked from a server
+that imported all of it once, :mod:`scripts.warm_clientapps`) an enrolment
+query costs one that imports Flower only.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ the malicious SuperNodes learn its address and key, through their node config
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import Any
 from scripts.attacker_service import attacker_service_argv, make_key, service_bin
 from scripts.certificates import make_node_keys, make_tls
 from scripts.flower_run import FlowerSession, flower_bin, port_is_free, wait_for_port
+from scripts.warm_clientapps import install_launcher, serve_argv, wait_until_serving
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ def supernode_argv(
 def run_local_deployment(
     cfg: dict[str, Any], *, host: str, base_port: int, client_threads: int, timeout: float,
     on_round: Callable[[dict[str, Any]], None], verbose: bool = False, tls: bool = True, auth: bool = True,
-    attacker_window: float = 30.0,
+    attacker_window: float = 30.0, warm_clientapps: bool = True,
 ) -> None:  # fmt: skip
     """Run ``cfg`` as a real deployment on loopback (``engine=deployment``) and wait for it."""
     topology = Topology.loopback(host, base_port, int(cfg["federation"]["num_clients"]))
@@ -112,7 +114,8 @@ def run_local_deployment(
     if busy:
         raise RuntimeError(f"ports {busy[:10]} on {host} are in use; choose another engine.base_port")
     run_deployment(cfg, topology, client_threads=client_threads, timeout=timeout, on_round=on_round,
-                   verbose=verbose, tls=tls, auth=auth, attacker_window=attacker_window)  # fmt: skip
+                   verbose=verbose, tls=tls, auth=auth, attacker_window=attacker_window,
+                   warm_clientapps=warm_clientapps)  # fmt: skip
 
 
 def colluders_on_clients(cfg: dict[str, Any]) -> bool:
@@ -139,7 +142,7 @@ def colluders_on_clients(cfg: dict[str, Any]) -> bool:
 def run_deployment(
     cfg: dict[str, Any], topology: Topology, *, client_threads: int, timeout: float,
     on_round: Callable[[dict[str, Any]], None], verbose: bool = False, tls: bool = True, auth: bool = True,
-    attacker_window: float = 30.0,
+    attacker_window: float = 30.0, warm_clientapps: bool = True,
 ) -> None:  # fmt: skip
     """Start ``topology``'s processes, run ``cfg`` on them and wait for it; stop every process at the end.
 
@@ -149,7 +152,9 @@ def run_deployment(
     SuperNodes start (authentication needs TLS). With a colluding attack the
     attacker service runs at ``topology.attackers`` (always with a key made for
     the run: it needs no certificate) and answers each round after at most
-    ``attacker_window`` seconds.
+    ``attacker_window`` seconds. ``warm_clientapps``: one warm ClientApp
+    server per distinct command prefix (network stack) forks the ClientApp
+    processes of the SuperNodes there (:mod:`scripts.warm_clientapps`).
     """
     num_clients = int(cfg["federation"]["num_clients"])
     if len(topology.supernodes) != num_clients:
@@ -169,8 +174,13 @@ def run_deployment(
     files = make_tls(certs, [link.host]) if tls else None
     keys = [make_node_keys(certs / "supernodes", i) for i in range(num_clients)] if auth else []
     malicious = set(cfg["attack"].get("malicious_clients", []))
-    with FlowerSession(out_dir, host=link.host, port=link.port, env=threads, tls=files, auth=auth) as session:
+    with (
+        FlowerSession(out_dir, host=link.host, port=link.port, env=threads, tls=files, auth=auth) as session,
+        tempfile.TemporaryDirectory(prefix="poisonlab-") as sockets,  # a Unix socket path must be short
+    ):
         session.start_superlink(simulation=False, prefix=list(link.prefix))
+        prefixes = sorted({node.prefix for node in topology.supernodes}) if warm_clientapps else []
+        launch_env = _start_clientapp_servers(session, prefixes, Path(sockets))
         if keys:
             session.register([k.public for k in keys])
         colluder_config: dict[str, str] = {}
@@ -183,8 +193,24 @@ def run_deployment(
                                   ca=files.ca if files else None, key=keys[i].private if keys else None,
                                   node_config={**node.node_config,
                                                **(colluder_config if role == "malicious" else {})})  # fmt: skip
-            session.group.start(f"supernode-{i}", [*node.prefix, *argv])
+            session.group.start(f"supernode-{i}", [*node.prefix, *argv], env=launch_env.get(node.prefix))
         session.run(cfg, timeout=timeout, on_round=on_round, verbose=verbose)
+
+
+def _start_clientapp_servers(
+    session: FlowerSession, prefixes: list[tuple[str, ...]], sockets: Path
+) -> dict[tuple[str, ...], dict[str, str]]:
+    """A warm ClientApp server per command prefix, started together, each waited for; each prefix's SuperNode env."""
+    started = []
+    for k, prefix in enumerate(prefixes):
+        socket_path = sockets / f"clientapps-{k}.sock"
+        proc = session.group.start(f"clientapps-{k}", [*prefix, *serve_argv(socket_path)])
+        started.append((prefix, socket_path, proc, session.group.log_dir / f"clientapps-{k}.log"))
+    launch_env = {}
+    for prefix, socket_path, proc, log in started:
+        wait_until_serving(socket_path, proc, log)
+        launch_env[prefix] = install_launcher(session.group.log_dir / "bin", socket_path)
+    return launch_env
 
 
 def _start_attacker_service(

@@ -269,6 +269,10 @@ class LocalDeployment:
         Colluding attacks only: seconds the attacker service waits after a
         round's first benign update before it answers the colluders with what
         was posted (at once when every colluder posted).
+    warm_clientapps : bool
+        Fork each message's ClientApp process from a server that has imported
+        Flower's runtime, torch and poisonlab once (:mod:`scripts.warm_clientapps`)
+        instead of starting it cold; ``false``: Flower's own cold start.
 
     Colluding attacks run here with partial knowledge only (``colluders_on_clients``):
     each malicious SuperNode's ClientApp computes the attack itself from the benign
@@ -281,7 +285,7 @@ class LocalDeployment:
 
     def __init__(self, *, host: str = "127.0.0.1", base_port: int = 19091, client_threads: int = 1,
                  timeout: float = 1800, tls: bool = True, auth: bool = True,
-                 attacker_window: float = 30.0) -> None:  # fmt: skip
+                 attacker_window: float = 30.0, warm_clientapps: bool = True) -> None:  # fmt: skip
         if not 1024 <= base_port <= 65000:
             raise ValueError(f"engine.base_port must be in [1024, 65000], got {base_port}")
         if client_threads < 1:
@@ -295,13 +299,14 @@ class LocalDeployment:
         if not attacker_window > 0:
             raise ValueError(f"engine.attacker_window must be > 0 seconds, got {attacker_window}")
         self.tls, self.auth, self.attacker_window = bool(tls), bool(auth), float(attacker_window)
+        self.warm_clientapps = bool(warm_clientapps)
 
     def run(self, run: Run, on_round: OnRound, *, verbose: bool = False) -> None:
         """Start a SuperLink and one SuperNode per client (and the attacker service), run, follow, shut down."""
         run_local_deployment(
             run.cfg, host=self.host, base_port=self.base_port, client_threads=self.client_threads,
             timeout=self.timeout, on_round=on_round, verbose=verbose, tls=self.tls, auth=self.auth,
-            attacker_window=self.attacker_window,
+            attacker_window=self.attacker_window, warm_clientapps=self.warm_clientapps,
         )  # fmt: skip
 
 

@@ -167,12 +167,13 @@ class ProcessGroup:
         self.env = {**env, RUN_MARK: self.mark}
         self.procs: list[tuple[str, subprocess.Popen]] = []
 
-    def start(self, name: str, argv: list[str]) -> subprocess.Popen:
-        """Start ``argv`` with its output in ``<log_dir>/<name>.log``."""
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        """Start ``argv`` with its output in ``<log_dir>/<name>.log`` (``env``: more environment for it alone)."""
         with (self.log_dir / f"{name}.log").open("w") as log:
             proc = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.log_dir, start_new_session=True
-            )
+                argv, stdout=log, stderr=subprocess.STDOUT, env={**self.env, **(env or {})}, cwd=self.log_dir,
+                start_new_session=True,
+            )  # fmt: skip
         self.procs.append((name, proc))
         return proc
 

@@ -4,6 +4,7 @@
     poisonlab-node superlink --host ADDR [--port P] (--certs DIR | --insecure) [--no-auth] [--state DIR]
     poisonlab-node supernode --superlink HOST:PORT --partition-id I --num-partitions N [--role honest|malicious]
                              [--port P] (--ca FILE [--key FILE] | --insecure) [--node-config EXTRA] [--threads T]
+                             [--cold-clientapps]
 
 ``certs`` makes what a secured federation needs (:mod:`scripts.certificates`, the
 same files as ``engine=deployment`` makes for one run) in the layout of
@@ -16,7 +17,9 @@ where SuperNode ``i``'s machine takes its CA and key from. ``superlink`` runs
 ``--certs``), registers every ``authorized/*.pub`` once it listens.
 ``supernode`` runs ``flower-supernode`` with
 :func:`scripts.deploy.supernode_argv`, its partition and role in its node
-config. Runs are submitted with ``poisonlab engine=remote``.
+config, and beside it a warm ClientApp server (:mod:`scripts.warm_clientapps`)
+that forks each message's ClientApp process (``--cold-clientapps``: Flower's
+cold start instead). Runs are submitted with ``poisonlab engine=remote``.
 
 Each subcommand checks its arguments before starting anything (exit 2 with
 the problem and its fix), runs the Flower process in the foreground (its
@@ -54,6 +57,7 @@ from scripts.endpoints import (
     url_host,
 )
 from scripts.flower_run import flower_env, port_is_free, register_keys, superlink_argv, wait_for_port, write_connection
+from scripts.warm_clientapps import running_server
 
 DEFAULT_SUPERLINK_PORT = 19091  # as engine=deployment's base_port and docker/
 DEFAULT_DAYS = 365  # validity of the CA and the SuperLink's certificate made by `certs`
@@ -318,9 +322,19 @@ def supernode_command(args: argparse.Namespace) -> int:
         at = argv.index("--node-config") + 1
         argv[at] = f"{argv[at]} {extra}"
     threads = {} if args.threads is None else {v: str(args.threads) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    with flower_home(None) as home:
+    with flower_home(None) as home, warm_clientapps(not args.cold_clientapps) as launch_env:
         say(f"SuperNode {args.partition_id} of {args.num_partitions} ({args.role}) connecting to {args.superlink}")
-        return foreground(argv, flower_env(home, threads))
+        return foreground(argv, {**flower_env(home, threads), **launch_env})
+
+
+@contextmanager
+def warm_clientapps(enabled: bool) -> Iterator[dict[str, str]]:
+    """A warm ClientApp server for this SuperNode (:mod:`scripts.warm_clientapps`) and the environment to use it."""
+    if not enabled:
+        yield {}
+        return
+    with tempfile.TemporaryDirectory(prefix="poisonlab-node-") as folder, running_server(Path(folder)) as env:
+        yield env
 
 
 # ---------------------------------------------------------------------------------------------- command line
@@ -370,6 +384,9 @@ def parser() -> argparse.ArgumentParser:
     node.add_argument("--insecure", action="store_true", help="no TLS (a SuperLink started with --insecure)")
     node.add_argument("--node-config", help="extra node config pairs, e.g. 'state-dir=\"/var/lib/poisonlab\"'")
     node.add_argument("--threads", type=int, help="torch threads of each ClientApp process (default: torch's)")
+    node.add_argument("--cold-clientapps", action="store_true",
+                      help="start each message's ClientApp process cold (Flower's way) instead of forking it from "
+                           "a warm server that imported Flower, torch and poisonlab once")  # fmt: skip
     return cli
 
 

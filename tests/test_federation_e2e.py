@@ -136,7 +136,11 @@ def test_deployment_with_a_malicious_supernode_matches_the_simulation(attacked, 
     malicious = json.loads((tmp_path / "summary.json").read_text())["malicious_clients"]
     assert malicious == json.loads((attacked / "summary.json").read_text())["malicious_clients"]
     logs = sorted(p.name for p in (tmp_path / "flower").glob("*.log"))
-    assert logs == ["stream.log", "superlink.log", "supernode-0.log", "supernode-1.log", "supernode-2.log"]
+    assert logs == ["clientapps-0.log", "stream.log", "superlink.log", "supernode-0.log", "supernode-1.log",
+                    "supernode-2.log"]  # fmt: skip
+    # every message's ClientApp process was forked by the warm server: one per node to enrol, one per sampled client
+    forked = (tmp_path / "flower" / "clientapps-0.log").read_text().count("started ClientApp process")
+    assert forked == 3 + sum(len(line["sampled"]) for line in deployed[1:])
     assert (tmp_path / "summary.json").exists()
     # everything was shut down: nothing listens on the deployment's ports any more
     for port in range(base, base + 4):
