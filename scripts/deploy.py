@@ -24,6 +24,8 @@ the malicious SuperNodes learn its address and key, through their node config
 
 from __future__ import annotations
 
+import os
+import subprocess
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +36,12 @@ from scripts.attacker_service import attacker_service_argv, make_key, service_bi
 from scripts.certificates import make_node_keys, make_tls
 from scripts.flower_run import FlowerSession, flower_bin, port_is_free, wait_for_port
 from scripts.warm_clientapps import install_launcher, serve_argv, wait_until_serving
+
+# SuperNodes started at once, each wave waited for until it serves: every SuperNode and the SuperExec it
+# starts import Flower (about 1.5 s of CPU each); 100 of them at once on 2 cores starve the ones already
+# up of the CPU for their heartbeats, and Flower reports them unavailable.
+START_WAVE = max(1, os.cpu_count() or 1)
+SUPERNODE_START_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -187,14 +195,32 @@ def run_deployment(
         if colluding and topology.attackers is not None:
             colluder_config = _start_attacker_service(session, topology.attackers, certs, sorted(malicious),
                                                       attacker_window)  # fmt: skip
+        wave: list[tuple[int, Endpoint, subprocess.Popen]] = []
         for i, node in enumerate(topology.supernodes):
             role = "malicious" if i in malicious else "honest"
             argv = supernode_argv(f"{link.host}:{link.port}", node.host, node.port, i, num_clients, role,
                                   ca=files.ca if files else None, key=keys[i].private if keys else None,
                                   node_config={**node.node_config,
                                                **(colluder_config if role == "malicious" else {})})  # fmt: skip
-            session.group.start(f"supernode-{i}", [*node.prefix, *argv], env=launch_env.get(node.prefix))
+            proc = session.group.start(f"supernode-{i}", [*node.prefix, *argv], env=launch_env.get(node.prefix))
+            wave.append((i, node, proc))
+            if len(wave) == START_WAVE or i == num_clients - 1:
+                for k, started, started_proc in wave:
+                    _wait_for_supernode(session, k, started, started_proc)
+                wave = []
         session.run(cfg, timeout=timeout, on_round=on_round, verbose=verbose)
+
+
+def _wait_for_supernode(session: FlowerSession, i: int, node: Endpoint, proc: subprocess.Popen) -> None:
+    """Wait until SuperNode ``i`` serves its Runtime API (on this network stack only: no prefix); fail with its log."""
+    if node.prefix:
+        return
+    try:
+        wait_for_port(node.host, node.port, SUPERNODE_START_S, proc)
+    except (RuntimeError, TimeoutError) as err:
+        log = session.group.log_dir / f"supernode-{i}.log"
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:]) if log.exists() else ""
+        raise RuntimeError(f"SuperNode {i} did not start: {err} ({log}):\n{tail}") from None
 
 
 def _start_clientapp_servers(

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from attacks import Backdoor, CollusionInfeasible, backdoor_test_set
@@ -86,8 +87,9 @@ def enrolled_block(reply: Message, num_clients: int) -> tuple[int, int] | None:
 
 
 def enrol_clients(
-    grid: Grid, num_clients: int, timeout: float, batch: int = 0, malicious: Collection[int] | None = None
-) -> dict[int, int]:
+    grid: Grid, num_clients: int, timeout: float, batch: int = 0, malicious: Collection[int] | None = None,
+    retry_after: float = 5.0,
+) -> dict[int, int]:  # fmt: skip
     """Wait for the SuperNodes of all ``num_clients`` clients and learn which clients each one serves.
 
     A SuperNode started with ``partition-id=k num-partitions=M`` serves the
@@ -98,8 +100,13 @@ def enrol_clients(
     ``batch`` at a time (``federation.enrol_batch``; 0: all at once): in a
     deployment each question starts a ClientApp process on its SuperNode (a
     light one: enrolment imports Flower only), so a batch bounds how many run
-    at once. Returns client id -> node id. Fails if the clients are not all
-    served within ``timeout``, a partition id is claimed twice or out of range,
+    at once. A SuperNode the SuperLink reports unavailable (Flower's "Node
+    Unavailable": it missed its heartbeats, e.g. while its machine was busy
+    starting the federation) is asked again ``retry_after`` seconds later,
+    within the same deadline; any other error fails the enrolment at once.
+    Returns client id -> node id. Fails if the clients are not all served
+    within ``timeout`` (naming the SuperNodes that failed and why), a
+    partition id is claimed twice or out of range,
     the SuperNodes disagree on ``num-partitions``, or a SuperNode's role
     contradicts the run's ``malicious`` clients (a malicious SuperNode the run
     would score as honest, or the reverse).
@@ -109,15 +116,19 @@ def enrol_clients(
     asked: set[int] = set()
     claimed: dict[int, int] = {}  # partition id -> node
     num_nodes: int | None = None
+    failed: dict[int, str] = {}  # node -> why its last answer was an error
+    retry_at: dict[int, float] = {}
     while len(node_of) < num_clients:
-        new = [n for n in grid.get_node_ids() if n not in asked]
+        now = time.monotonic()
+        new = [n for n in grid.get_node_ids() if n not in asked and retry_at.get(n, 0.0) <= now]
         if not new:
-            if time.monotonic() > deadline:
+            if now > deadline:
                 missing = sorted(set(range(num_clients)) - set(node_of))
+                errors = "".join(f"; SuperNode {n} answered: {why}" for n, why in list(failed.items())[:5])
                 raise RuntimeError(
-                    f"only {len(asked)} SuperNodes connected within {timeout:.0f}s (federation.connect_timeout), "
-                    f"serving {len(node_of)} of federation.num_clients={num_clients} clients; none serves client "
-                    f"ids {missing[:20]}"
+                    f"only {len(asked | set(failed))} SuperNodes connected within {timeout:.0f}s "
+                    f"(federation.connect_timeout), serving {len(node_of)} of federation.num_clients={num_clients} "
+                    f"clients; none serves client ids {missing[:20]}{errors}"
                 )
             time.sleep(0.5)
             continue
@@ -127,8 +138,18 @@ def enrol_clients(
             wave = enrolment_queries(new[start : start + size])
             for reply in grid.send_and_receive(wave, timeout=max(1.0, deadline - time.monotonic())):
                 node = reply.metadata.src_node_id
-                if reply.has_error():
-                    raise RuntimeError(f"SuperNode {node} failed to enrol: {reply.error.reason}")
+                if reply.has_error():  # from the node or from the SuperLink: matched to the query it answers
+                    target = {m.metadata.message_id: m.metadata.dst_node_id for m in wave}
+                    node = target.get(reply.metadata.reply_to_message_id, node)
+                    if reply.error.code != ErrorCode.NODE_UNAVAILABLE:
+                        raise RuntimeError(f"SuperNode {node} failed to enrol: {reply.error.reason}")
+                    log.warning("SuperNode %d did not enrol (%s); asking it again in %.0fs", node,
+                                reply.error.reason, retry_after)  # fmt: skip
+                    failed[node] = reply.error.reason
+                    asked.discard(node)
+                    retry_at[node] = time.monotonic() + retry_after
+                    continue
+                failed.pop(node, None)
                 if (block := enrolled_block(reply, num_clients)) is None:
                     info = reply.content["enrolment"]
                     raise RuntimeError(

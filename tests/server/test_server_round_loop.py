@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 from fake_grid import SILENT, FakeGrid, federate, final_model, lines_of, make_run, scaled, summary_of, with_nan
-from flwr.app import Context, Error, MessageType, RecordDict
+from flwr.app import Context, Error, Message, MessageType, RecordDict
 from flwr.common.constant import ErrorCode
 
 from clients.slot_store import open_state_store
@@ -72,6 +72,50 @@ def test_a_newcomer_whose_role_contradicts_the_threat_model_is_left_out():
     rejoined = enrol_newcomers(grid, {}, 3, timeout=5, malicious={2})
     assert sorted(rejoined) == [0]  # client 1 says malicious, client 2 says honest: both contradict {2}
     assert sorted(enrol_newcomers(grid, {}, 3, timeout=5, malicious={1})) == [0, 1, 2]
+
+
+class UnavailableAtFirst(FakeGrid):
+    """The SuperLink answers the first ``times`` enrolment queries to node ``k`` with Flower's "Node Unavailable"."""
+
+    def __init__(self, num_nodes: int, unavailable: dict[int, int]) -> None:
+        super().__init__(num_nodes)
+        self.unavailable = {self.node_of_partition(k): times for k, times in unavailable.items()}
+
+    def node_of_partition(self, k: int) -> int:
+        return next(node for node in self.contexts if self.client_of(node) == k)
+
+    def _deliver(self, msg):
+        node = msg.metadata.dst_node_id
+        if msg.metadata.message_type == MessageType.QUERY and self.unavailable.get(node, 0) > 0:
+            self.unavailable[node] -= 1
+            reply = Message(Error(ErrorCode.NODE_UNAVAILABLE, "Error: Node Unavailable"), reply_to=msg)
+            reply.metadata.__dict__["_src_node_id"] = 0  # sent by the SuperLink, not by the node
+            reply.metadata.__dict__["_message_id"] = f"unavailable-{node}-{self.unavailable[node]}"
+            assert reply.metadata.src_node_id == 0 and reply.metadata.reply_to_message_id == msg.metadata.message_id
+            return reply
+        return super()._deliver(msg)
+
+
+def test_enrolment_asks_a_supernode_the_superlink_reported_unavailable_again():
+    grid = UnavailableAtFirst(4, {2: 2})
+    node_of = enrol_clients(grid, 4, timeout=10, retry_after=0.05)
+    assert node_of == {grid.client_of(node): node for node in grid.get_node_ids()}
+    asked = [m.metadata.dst_node_id for m in grid.sent]
+    assert asked.count(grid.node_of_partition(2)) == 3 and len(asked) == 6  # two "unavailable", then its answer
+
+
+def test_enrolment_that_stays_unavailable_fails_naming_the_supernode_and_the_reason():
+    grid = UnavailableAtFirst(3, {1: 1000})
+    with pytest.raises(RuntimeError, match=rf"none serves client ids \[1\]; SuperNode {grid.node_of_partition(1)} "
+                                           r"answered: Error: Node Unavailable"):  # fmt: skip
+        enrol_clients(grid, 3, timeout=1.0, retry_after=0.05)
+
+
+def test_enrolment_fails_at_once_on_an_error_from_the_clientapp():
+    grid = UnavailableAtFirst(3, {})
+    grid._deliver = lambda msg: Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, "boom"), reply_to=msg)
+    with pytest.raises(RuntimeError, match="failed to enrol: boom"):
+        enrol_clients(grid, 3, timeout=30, retry_after=0.05)
 
 
 def test_enrolment_fails_when_supernodes_are_missing():
