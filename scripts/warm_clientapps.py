@@ -108,7 +108,7 @@ def _recv_request(sock: socket.socket) -> tuple[dict, list[int]]:
 
 
 def launch(args: Sequence[str]) -> int:
-    """Run ``flwr-clientapp args`` in a child of the warm server; its exit code (128 + s when killed by signal s).
+    """Run ``flwr-clientapp args`` in a child of the warm server; its exit code (1 if it died without one).
 
     Without a reachable server (``$POISONLAB_CLIENTAPP_SERVER``) this process
     becomes Flower's own ``flwr-clientapp`` (``$POISONLAB_FLWR_CLIENTAPP``).
@@ -120,26 +120,45 @@ def launch(args: Sequence[str]) -> int:
         sock.close()
         cold = os.environ.get(COLD_ENV) or str(Path(sys.executable).parent / LAUNCHER)
         os.execv(cold, [cold, *args])
+    child: list[int] = []
+    pending: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:
+        if not child:
+            pending.append(signum)  # before the child is known: sent to it once it is
+            return
+        try:
+            os.kill(child[0], signum)
+        except ProcessLookupError:
+            pass
+
+    for sig in FORWARDED:  # from before the request: no signal may find this process without its handler
+        signal.signal(sig, forward)
     request = {"argv": [LAUNCHER, *args], "env": dict(os.environ), "cwd": os.getcwd()}
     _send_frame(sock, json.dumps(request).encode(), _STREAMS)
     reader = sock.makefile("r")
     first = reader.readline()
     if not first:
         return 1  # the server closed the connection without starting a child
-    child = int(first)
-
-    def forward(signum: int, frame: object) -> None:
-        try:
-            os.kill(child, signum)
-        except ProcessLookupError:
-            pass
-
-    for sig in FORWARDED:
-        signal.signal(sig, forward)
+    child.append(int(first))
+    for signum in pending:
+        forward(signum, None)
     last = reader.readline()
     if not last:
         return 1  # killed before it could report (SIGKILL, or the server's group stopped)
     return int(last)
+
+
+def _fresh_random_state() -> None:
+    """Random generators as a newly started process has them, not as the server left them for every child.
+
+    Python's ``random`` and numpy's global generator are reseeded at fork by
+    themselves; torch's default generator is not, so it is seeded from the OS
+    here, as a fresh process seeds it (poisonlab's own draws come from seeded
+    streams).
+    """
+    if "torch" in sys.modules:
+        sys.modules["torch"].seed()
 
 
 def _run_child(conn: socket.socket, request: dict, fds: list[int], entry: str) -> None:
@@ -157,6 +176,7 @@ def _run_child(conn: socket.socket, request: dict, fds: list[int], entry: str) -
         os.chdir(request["cwd"])
         sys.argv = list(request["argv"])
         conn.sendall(f"{os.getpid()}\n".encode())
+        _fresh_random_state()
         module, _, function = entry.partition(":")
         main = getattr(sys.modules[module], function)
         try:

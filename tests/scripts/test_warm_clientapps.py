@@ -26,13 +26,15 @@ PROBE = textwrap.dedent(
     """
     import os, signal, sys, time
 
+    import torch
+
     LAUNCHES = [0]
 
     def main():
         LAUNCHES[0] += 1
         args = sys.argv[1:]
         print(f"argv={args} cwd={os.getcwd()} probe={os.environ.get('PROBE')} launches={LAUNCHES[0]} "
-              f"pid={os.getpid()} ppid={os.getppid()}", flush=True)
+              f"pid={os.getpid()} ppid={os.getppid()} draw={int(torch.randint(2**62, (1,)))}", flush=True)
         print("on stderr", file=sys.stderr, flush=True)
         if args[0] == "wait":
             signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(7))
@@ -88,6 +90,7 @@ def test_a_launch_runs_the_entry_in_a_child_of_the_server_with_its_own_args_env_
     assert a["probe"] == b["probe"] == "seen"  # the launcher's environment, not the server's
     assert a["launches"] == b["launches"] == "1"  # each launch a fresh child: nothing of the previous one
     assert a["ppid"] == b["ppid"] == str(proc.pid) and a["pid"] != b["pid"]
+    assert a["draw"] != b["draw"]  # torch's default generator seeded anew in each child, as in a fresh process
     assert first.stderr.strip() == "on stderr"
     assert log.read_text().count("started ClientApp process") == 2
 
