@@ -11,8 +11,10 @@ central evaluation on the 10,000 test images every round):
 Both print steady-state seconds per round (median over rounds 2..R) and the ratio;
 poisonlab's start-up (Ray, actors, data decode) is reported apart.
 
-Part 2: round time and peak memory (RSS summed over the whole process tree) with
-a small model (MLP) at 100 and 500 clients, all taking part every round.
+Part 2: round time and peak memory of the whole process tree (the sum of its
+processes' RSS, which counts a shared page once per process, and of their PSS,
+the tree's physical footprint) with a small model (MLP) at 100 and 500 clients,
+all taking part every round.
 
 Run: ``python benchmarks/bench_federation.py [--rounds 8] [--skip-scale]``. Timings
 on a shared machine vary by +-15 %: compare the ratio, taken in one sitting.
@@ -30,6 +32,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -77,11 +80,26 @@ def floor_rounds(rounds: int, num_clients: int = 50, per_round: int = 5, seed: i
 
 def tree_rss_mb(pid: int) -> float:
     """Resident memory of ``pid`` and all its descendants, in MiB (from /proc)."""
-    return tree_stats(pid)[0]
+    return tree_stats(pid).rss_mb
 
 
-def tree_stats(pid: int) -> tuple[float, int]:
-    """Resident memory of ``pid`` and all its descendants in MiB, and how many processes they are (from /proc)."""
+class TreeMemory(NamedTuple):
+    """Memory of a process tree at one instant (MiB) and how many processes it has.
+
+    ``rss_mb`` sums each process's resident set: a page mapped by several
+    processes (torch's shared libraries, Ray's object store in ``/dev/shm``, a
+    memory-mapped dataset) counts once per process. ``pss_mb`` sums each
+    process's proportional set size, which divides every shared page among the
+    processes that map it: the tree's real physical footprint.
+    """
+
+    rss_mb: float
+    pss_mb: float
+    procs: int
+
+
+def tree_pids(pid: int) -> list[int]:
+    """``pid`` and all its live descendants (from /proc), parents first."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -90,34 +108,73 @@ def tree_stats(pid: int) -> tuple[float, int]:
                 children.setdefault(int(fields[1]), []).append(int(entry))
             except (OSError, IndexError):
                 continue
-    total, count, stack = 0, 0, [pid]
+    found, stack = [], [pid]
     while stack:
         p = stack.pop()
+        found.append(p)
         stack.extend(children.get(p, []))
+    return found
+
+
+def process_memory(pid: int) -> dict[str, int] | None:
+    """``Rss``, ``Pss``, ``Private_Clean`` and ``Private_Dirty`` of one process in KiB (``/proc/<pid>/smaps_rollup``).
+
+    ``None`` when the process is gone or not readable; a kernel without
+    ``smaps_rollup`` gives ``VmRSS`` for both ``Rss`` and ``Pss``.
+    """
+    wanted = ("Rss", "Pss", "Private_Clean", "Private_Dirty")
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except FileNotFoundError:
         try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-            count += 1
+            status = Path(f"/proc/{pid}/status").read_text()
         except OSError:
+            return None
+        rss = next((int(x.split()[1]) for x in status.splitlines() if x.startswith("VmRSS:")), 0)
+        return {"Rss": rss, "Pss": rss, "Private_Clean": 0, "Private_Dirty": rss}
+    except OSError:
+        return None
+    out = dict.fromkeys(wanted, 0)
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key in out:
+            out[key] = int(rest.split()[0])
+    return out
+
+
+def tree_stats(pid: int) -> TreeMemory:
+    """Resident (RSS) and proportional (PSS) memory of ``pid`` and all its descendants in MiB, and their count."""
+    rss, pss, count = 0, 0, 0
+    for p in tree_pids(pid):
+        mem = process_memory(p)
+        if mem is None:
             continue
-    return total / 1024, count
+        rss, pss, count = rss + mem["Rss"], pss + mem["Pss"], count + 1
+    return TreeMemory(rss / 1024, pss / 1024, count)
 
 
 def run_poisonlab(overrides: list[str], folder: Path) -> dict:
-    """Run ``poisonlab`` in a subprocess; return round times, start-up and peak tree RSS."""
+    """Run ``poisonlab`` in a subprocess; return round times, start-up and the tree's peak memory.
+
+    The process tree is sampled every 0.5 s: ``peak_mb`` is the largest RSS
+    sum, ``peak_pss_mb`` the largest PSS sum (see :class:`TreeMemory`; the two
+    peaks may come from different samples), ``rss_after_round`` and
+    ``pss_after_round`` the sums once each round's line is written.
+    """
     argv = [sys.executable, "-m", "scripts.run", *overrides, f"hydra.run.dir={folder}"]
     start = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak, procs, after_round = [0.0], [0], []
+    peak = {"rss": 0.0, "pss": 0.0, "procs": 0}
+    after_round: list[TreeMemory] = []
     metrics = folder / "metrics.jsonl"
 
     def sample() -> None:
         while proc.poll() is None:
-            mb, count = tree_stats(proc.pid)
-            peak[0], procs[0] = max(peak[0], mb), max(procs[0], count)
+            now = tree_stats(proc.pid)
+            peak["rss"], peak["pss"] = max(peak["rss"], now.rss_mb), max(peak["pss"], now.pss_mb)
+            peak["procs"] = max(peak["procs"], now.procs)
             rows = metrics.read_text().count("\n") if metrics.exists() else 0
-            after_round.extend([mb] * (rows - len(after_round)))  # the tree's RSS once each round is written
+            after_round.extend([now] * (rows - len(after_round)))  # the tree's memory once each round is written
             time.sleep(0.5)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -130,8 +187,9 @@ def run_poisonlab(overrides: list[str], folder: Path) -> dict:
     lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
     rounds = [x["seconds"] for x in lines if x["round"] > 0]
     return {"rounds": rounds, "wall": wall, "startup": wall - sum(x["seconds"] for x in lines),
-            "peak_mb": peak[0], "peak_procs": procs[0], "accuracy": lines[-1]["accuracy"],
-            "rss_after_round": after_round}  # fmt: skip
+            "peak_mb": peak["rss"], "peak_pss_mb": peak["pss"], "peak_procs": peak["procs"],
+            "accuracy": lines[-1]["accuracy"], "rss_after_round": [m.rss_mb for m in after_round],
+            "pss_after_round": [m.pss_mb for m in after_round]}  # fmt: skip
 
 
 def steady(times: list[float]) -> float:
@@ -165,14 +223,15 @@ def part_one(rounds: int) -> None:
     print(f"| poisonlab (Ray simulation, default config) | {p:.2f} | {p / f:.2f} |")
     print(
         f"\npoisonlab start-up (process start to first round, incl. Ray): {ours['startup']:.1f}s; "
-        f"peak RSS {ours['peak_mb']:.0f} MiB; accuracy after {rounds} rounds {ours['accuracy']:.4f}"
+        f"peak RSS sum {ours['peak_mb']:.0f} MiB, PSS sum {ours['peak_pss_mb']:.0f} MiB; "
+        f"accuracy after {rounds} rounds {ours['accuracy']:.4f}"
     )
 
 
 def part_two(scale_clients: list[int]) -> None:
     """All clients every round with a small model: round time and peak memory."""
     print("\n== Part 2: all clients every round, MLP, 120 samples each, batch 32 ==", flush=True)
-    print("| clients | s/round (median) | start-up s | peak RSS MiB (all processes) |\n|---|---|---|---|")
+    print("| clients | s/round (median) | start-up s | peak RSS sum MiB | peak PSS sum MiB |\n|---|---|---|---|---|")
     for n in scale_clients:
         with tempfile.TemporaryDirectory() as tmp:
             res = run_poisonlab(
@@ -181,7 +240,8 @@ def part_two(scale_clients: list[int]) -> None:
                  "output.plots=false"],
                 Path(tmp) / f"scale{n}",
             )  # fmt: skip
-        print(f"| {n} | {steady(res['rounds']):.2f} | {res['startup']:.1f} | {res['peak_mb']:.0f} |", flush=True)
+        print(f"| {n} | {steady(res['rounds']):.2f} | {res['startup']:.1f} | {res['peak_mb']:.0f} "
+              f"| {res['peak_pss_mb']:.0f} |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -14,10 +14,14 @@ across its participations, unweighted mean):
 
 For each size, floor and poisonlab run back to back in one sitting; the table
 gives steady-state seconds per round (median over rounds 2..R), their ratio,
-poisonlab's start-up and the peak resident memory summed over its whole process
-tree. The last row (10,000 clients, 100 per round) also prints the tree's
-resident memory after each round: it must not grow with the number of clients
-that have taken part (their momentum lives in the state store on disk).
+poisonlab's start-up and the peak memory of its whole process tree, twice: the
+sum of its processes' resident sets (RSS, which counts a page shared by several
+processes, such as torch's libraries or Ray's object store, once per process)
+and of their proportional sets (PSS, which divides each shared page among the
+processes that map it: the tree's physical footprint). The last row (10,000
+clients, 100 per round) also prints the tree's memory after each round: it
+must not grow with the number of clients that have taken part (their momentum
+lives in the state store on disk).
 
 Run: ``python benchmarks/bench_scale.py [--rounds 4] [--sizes 100 500 1000] [--skip-sparse]``.
 Timings on a shared machine vary by +-15 %: compare the ratios, taken in one sitting.
@@ -111,15 +115,18 @@ def main() -> None:
         p = steady(ours["rounds"])
         rows.append((n, per_round, floor, p, ours))
         print(f"  {n} clients, {per_round} per round: floor {floor:.2f} s, poisonlab {p:.2f} s "
-              f"(x{p / floor:.2f}), peak {ours['peak_mb']:.0f} MiB", flush=True)  # fmt: skip
+              f"(x{p / floor:.2f}), peak RSS sum {ours['peak_mb']:.0f} MiB, PSS sum {ours['peak_pss_mb']:.0f} MiB",
+              flush=True)  # fmt: skip
         if n == 10_000:
-            print("  resident memory of the process tree after each round (MiB): "
-                  + ", ".join(f"{mb:.0f}" for mb in ours["rss_after_round"]), flush=True)  # fmt: skip
-    print("\n| clients | per round | floor s/round | poisonlab s/round | ratio | start-up s | peak RSS MiB |")
-    print("|---|---|---|---|---|---|---|")
+            print("  memory of the process tree after each round, RSS sum / PSS sum (MiB): "
+                  + ", ".join(f"{r:.0f}/{s:.0f}" for r, s in zip(ours["rss_after_round"], ours["pss_after_round"],
+                                                                  strict=True)), flush=True)  # fmt: skip
+    print("\n| clients | per round | floor s/round | poisonlab s/round | ratio | start-up s | peak RSS sum MiB "
+          "| peak PSS sum MiB |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
     for n, per_round, floor, p, ours in rows:
         print(f"| {n} | {per_round} | {floor:.2f} | {p:.2f} | {p / floor:.2f} | {ours['startup']:.1f} "
-              f"| {ours['peak_mb']:.0f} |")  # fmt: skip
+              f"| {ours['peak_mb']:.0f} | {ours['peak_pss_mb']:.0f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -41,6 +41,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+# the class names live in common.classes (no torch, for processes that only show results); kept importable here
+from common.classes import CIFAR10_CLASSES as CIFAR10_CLASSES
+from common.classes import class_names as class_names
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -103,36 +107,6 @@ SPECS: dict[str, DatasetSpec] = {
         augment=True,
     ),
 }
-
-#: CIFAR-10's label names as its ``batches.meta`` lists them (torchvision reads them from that file when
-#: the data is loaded, so its ``CIFAR10`` class has no ``classes`` attribute to take them from).
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-
-
-@lru_cache(maxsize=16)
-def class_names(name: str) -> tuple[str, ...]:
-    """The names of dataset ``name``'s classes, indexed by label: what plots, tables and console lines show.
-
-    Fashion-MNIST's are torchvision's ``FashionMNIST.classes`` ("T-shirt/top", ..., "Ankle boot");
-    MNIST's ("0 - zero", ...) are shortened to their digit ("0" .. "9"); CIFAR-10's are the label
-    names of its ``batches.meta`` ("airplane", ..., "truck"). ``metrics.jsonl`` keeps class ids.
-
-    Raises
-    ------
-    ValueError
-        For an unknown dataset (listing the known ones).
-    """
-    spec = spec_of(name)
-    if name == "cifar10":
-        names = CIFAR10_CLASSES
-    else:
-        from torchvision import datasets
-
-        classes = {"fashion_mnist": datasets.FashionMNIST, "mnist": datasets.MNIST}[name].classes
-        names = tuple(c.split(" - ", 1)[0] if name == "mnist" else c for c in classes)
-    if len(names) != spec.num_classes:
-        raise ValueError(f"dataset {name!r} has {spec.num_classes} classes but {len(names)} class names")
-    return names
 
 
 @dataclass(frozen=True)

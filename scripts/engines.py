@@ -16,11 +16,8 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from scripts.build import Run
 from scripts.deploy import run_local_deployment
 from scripts.endpoints import (
     EndpointError,
@@ -32,7 +29,9 @@ from scripts.endpoints import (
     url_host,
 )
 from scripts.flower_run import FlowerSession, free_port
-from scripts.privacy import dp_mode
+
+if TYPE_CHECKING:  # the runner imports this module without torch: it only starts and follows the run
+    from scripts.build import Run
 
 OnRound = Callable[[dict[str, Any]], None]
 log = logging.getLogger("poisonlab.engine")
@@ -131,6 +130,8 @@ class Simulation:
         if not 0 <= client_gpus <= 1:
             raise ValueError(f"engine.client_gpus must be in [0, 1], got {client_gpus}")
         if client_gpus > 0 and ray_address is None:  # a cluster's GPUs are on its nodes, not necessarily here
+            import torch
+
             if not torch.cuda.is_available():
                 raise ValueError(f"engine.client_gpus={client_gpus} but no CUDA device is visible; set 0")
         if num_cpus is not None and num_cpus < client_cpus:
@@ -187,6 +188,8 @@ class Simulation:
         """Refuse, on a Ray cluster, clients that keep state between rounds unless the run folder is shared."""
         if self.ray_address is None or self.shared_run_dir:
             return
+        from scripts.privacy import dp_mode
+
         client = cfg["client"]
         keeps = [
             name

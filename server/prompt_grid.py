@@ -7,7 +7,9 @@ finish in 1.2 s waits until 3 s, one that needs 3.1 s until 6 s. Enrolment
 and every round pay it. :class:`PromptGrid` wraps the ServerApp's grid and
 pulls on a short interval instead (``interval``, default 0.1 s; each pull is
 one small request to the SuperLink), everything else is the wrapped grid's.
-The replies, their order and the timeout are Flower's semantics.
+The replies, their order and the timeout are Flower's semantics, but they are
+handed to the strategy as they arrive rather than once all are in, so the
+ServerApp holds one pull's replies at a time, not a whole round's.
 """
 
 from __future__ import annotations
@@ -51,26 +53,30 @@ class PromptGrid(Grid):
         return self.grid.pull_messages(message_ids)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        """Push ``messages``, then pull until every reply is in or ``timeout`` seconds passed (``None``: no limit).
+        """Push ``messages`` now; the replies as they arrive, until every one is in or ``timeout`` seconds passed.
 
-        The replies come as an iterator that lets go of each one once handed
-        out, so a round of thousands of replies is not held twice while the
-        strategy decodes it.
+        The replies come as an iterator that pulls while it is consumed: each
+        reply is handed out as soon as it is pulled and let go of once handed
+        out, so the strategy decodes a round's replies while later ones are
+        still being trained and no more than the replies of one pull are held
+        at once (a round of thousands of clients is never held whole). The
+        ``timeout`` runs from the push, in wall-clock time, whatever the
+        consumer does in between; once it has passed, one last pull still hands
+        out the replies that arrived meanwhile, and the wait ends.
         """
         waiting = set(self.push_messages(messages))
         end = None if timeout is None else time.monotonic() + timeout
-        replies: deque[Message] = deque()
+        return self._receive(waiting, end)
+
+    def _receive(self, waiting: set[str], end: float | None) -> Iterator[Message]:
+        """Pull the replies to ``waiting`` every ``interval`` seconds until all are in or ``end``; hand each out."""
         while waiting:
-            arrived = list(self.pull_messages(waiting))
-            replies.extend(arrived)
+            late = end is not None and time.monotonic() >= end
+            arrived = deque(self.pull_messages(waiting))
             waiting.difference_update(m.metadata.reply_to_message_id for m in arrived)
-            if not waiting or (end is not None and time.monotonic() >= end):
-                break
-            time.sleep(self.interval if end is None else max(0.0, min(self.interval, end - time.monotonic())))
-        return _drain(replies)
-
-
-def _drain(replies: deque[Message]) -> Iterator[Message]:
-    """Hand out the replies one by one, dropping each from ``replies`` as it goes."""
-    while replies:
-        yield replies.popleft()
+            while arrived:
+                yield arrived.popleft()
+            if not waiting or late:
+                return
+            left = None if end is None else end - time.monotonic()
+            time.sleep(self.interval if left is None else max(0.0, min(self.interval, left)))

@@ -11,7 +11,7 @@ TensorBoard event files in ``tensorboard/`` (:mod:`server.tensorboard_log`).
 
 ``metrics.jsonl`` names classes by id (``per_class_recall`` is a list indexed
 by class id); what people read (plot legends, the console line) names them
-after the dataset's classes (:func:`common.data.class_names`, found through the
+after the dataset's classes (:func:`common.classes.class_names`, found through the
 dataset named in the run's ``config.json``).
 """
 
@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from common.data import class_names
+from common.classes import class_names
 from common.plotting import pyplot
 
 METRICS_FILE = "metrics.jsonl"

@@ -231,7 +231,11 @@ class RobustStrategy(Strategy):
                 continue
             yield from self._per_client(server_round, msg).items()
 
-    def _decode(self, content: RecordDict, global_vec: Tensor) -> tuple[Tensor, list[Tensor], float | None]:
+    def _decode(self, content: RecordDict, global_vec: Tensor, out: Tensor) -> tuple[list[Tensor], float | None]:
+        """Check a reply and write its delta (its parameters minus ``global_vec``) into ``out``; its buffers and loss.
+
+        ``out`` is written only once every check has passed.
+        """
         if "arrays" not in content:
             raise UpdateRejected("reply carries no 'arrays' record")
         state = content["arrays"].to_torch_state_dict()
@@ -243,7 +247,8 @@ class RobustStrategy(Strategy):
         loss = None
         if "metrics" in content and "train-loss" in content["metrics"]:
             loss = float(content["metrics"]["train-loss"])
-        return vec - global_vec, buffers, loss
+        torch.sub(vec, global_vec, out=out)
+        return buffers, loss
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -275,13 +280,12 @@ class RobustStrategy(Strategy):
                 log.info("round %d: client %d sent no update: %s", server_round, cid, rec.withheld[cid])
                 continue
             try:
-                delta, buffers, loss = self._decode(content, global_vec)
+                buffers, loss = self._decode(content, global_vec, out=rows[row_of[cid]])
             except (UpdateRejected, KeyError, TypeError, ValueError) as err:
                 delta = None
                 rec.rejected[cid] = str(err)
                 log.warning("round %d: rejected the update of client %d: %s", server_round, cid, err)
             else:
-                rows[row_of[cid]] = delta
                 delta = rows[row_of[cid]]
                 valid[cid] = (row_of[cid], buffers)
                 if loss is not None:

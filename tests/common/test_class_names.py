@@ -1,11 +1,14 @@
 """The class names people read in plots, tables and console lines."""
 
 import pickle
+import subprocess
+import sys
 
 import pytest
 from torchvision import datasets
 
-from common.data import CIFAR10_CLASSES, candidate_roots, class_names, spec_of
+from common import classes
+from common.data import CIFAR10_CLASSES, SPECS, candidate_roots, class_names, spec_of
 
 
 def test_fashion_mnist_names_are_torchvisions():
@@ -16,6 +19,18 @@ def test_fashion_mnist_names_are_torchvisions():
 def test_mnist_names_are_the_digits():
     assert datasets.MNIST.classes[6] == "6 - six"
     assert class_names("mnist") == tuple(str(d) for d in range(10))
+    assert class_names("mnist") == tuple(c.split(" - ", 1)[0] for c in datasets.MNIST.classes)
+
+
+def test_every_dataset_poisonlab_loads_has_its_names():
+    assert set(classes.CLASS_NAMES) == set(SPECS)
+    assert class_names is classes.class_names  # one function, importable from common.data as before
+
+
+def test_naming_classes_imports_neither_torch_nor_torchvision():
+    code = "import sys, common.classes, server.results; print(sorted({'torch', 'torchvision'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_every_dataset_has_one_name_per_class():

@@ -48,6 +48,43 @@ def test_a_missing_reply_ends_the_wait_at_the_timeout_with_the_others():
     assert sorted(r.metadata.src_node_id for r in replies) == sorted(set(inner.get_node_ids()) - {silent})
 
 
+class TrickleGrid(FakeGrid):
+    """A FakeGrid whose pulls each hand out at most one of the replies that are in (SuperNodes finishing in turn)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.pulls = 0
+
+    def pull_messages(self, message_ids):
+        self.pulls += 1
+        ready = [i for i in message_ids if i in self._replies]
+        return super().pull_messages(ready[:1])
+
+
+def test_each_reply_is_handed_out_as_it_arrives_not_once_all_are_in():
+    inner = TrickleGrid(3)
+    grid = PromptGrid(inner, interval=0.01)
+    replies = grid.send_and_receive(queries(grid), timeout=30)
+    assert inner.pulls == 0  # pushed, nothing pulled before the strategy asks for a reply
+    first = next(iter(replies))
+    assert inner.pulls == 1  # the first reply comes while the other two are still out
+    rest = list(replies)
+    assert inner.pulls == 3
+    assert sorted(r.metadata.src_node_id for r in [first, *rest]) == sorted(inner.get_node_ids())
+
+
+def test_the_timeout_runs_from_the_push_and_a_last_pull_collects_what_arrived_meanwhile():
+    inner = TrickleGrid(3)
+    grid = PromptGrid(inner, interval=0.01)
+    started = time.monotonic()
+    got = []
+    for reply in grid.send_and_receive(queries(grid), timeout=0.2):
+        got.append(reply)
+        time.sleep(0.3)  # the strategy is slow on the first reply: the deadline passes meanwhile
+    assert 0.3 <= time.monotonic() - started < 5
+    assert len(got) == 2 and inner.pulls == 2  # one more pull after the deadline, then no more waiting
+
+
 def _dropping(push, grid, node):
     def push_and_drop(messages):
         ids = list(push(messages))
