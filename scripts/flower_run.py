@@ -178,7 +178,20 @@ class ProcessGroup:
         return proc
 
     def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM every process group, SIGKILL what is left after ``grace`` seconds."""
+        """SIGTERM every process group, SIGKILL what is left after ``grace`` seconds.
+
+        What is left includes every live member of a process group that a
+        marked process led or belonged to when the stop began: Ray renames its
+        agents (``ray::DashboardAgent``) by writing over their environment, so
+        the mark cannot be read from them, and they live in the process group
+        of the simulation process, which the SuperLink started in a session of
+        its own.
+        """
+        own = os.getpgrp()
+        groups = {proc.pid for _, proc in self.procs} | {
+            g for g in map(process_group, marked_processes(RUN_MARK, self.mark)) if g is not None
+        }
+        groups.discard(own)
         for _, proc in self.procs:
             _signal_group(proc, signal.SIGTERM)
         deadline = time.monotonic() + grace
@@ -190,7 +203,9 @@ class ProcessGroup:
             _signal_group(proc, signal.SIGKILL)  # also children that outlived their parent
             proc.wait()
         deadline = time.monotonic() + 15.0  # until the kernel has really removed them (slow on a loaded machine)
-        while (left := marked_processes(RUN_MARK, self.mark)) and time.monotonic() < deadline:
+        while (
+            left := sorted(set(marked_processes(RUN_MARK, self.mark)) | set(group_members(groups)))
+        ) and time.monotonic() < deadline:
             for pid in left:
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -220,6 +235,34 @@ def marked_processes(key: str, value: str) -> list[int]:
                     found.append(int(entry.name))
             except OSError:
                 continue
+    return found
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state, ppid, pgrp, ...); ``None`` once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text.rpartition(")")[2].split()
+
+
+def process_group(pid: int) -> int | None:
+    """The process group of ``pid`` (``None`` once it is gone)."""
+    fields = _stat_fields(pid)
+    return int(fields[2]) if fields and len(fields) > 2 else None
+
+
+def group_members(groups: set[int]) -> list[int]:
+    """Live processes (not zombies) in any of the process ``groups``, this one excepted (Linux ``/proc``)."""
+    found: list[int] = []
+    if not groups or not Path("/proc").is_dir():
+        return found
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            fields = _stat_fields(int(entry.name))
+            if fields and len(fields) > 2 and fields[0] != "Z" and int(fields[2]) in groups:
+                found.append(int(entry.name))
     return found
 
 
