@@ -250,23 +250,10 @@ def serve(grid: Grid, context: Context) -> None:
 
 def app_pyproject(run_config: dict[str, Any]) -> str:
     """The ``pyproject.toml`` of the submitted app: this file's two apps and the run config keys."""
-    keys = "".join(f"{key} = {_toml(value)}\n" for key, value in run_config.items())
-    return (
-        '[build-system]\nrequires = ["setuptools>=68"]\nbuild-backend = "setuptools.build_meta"\n\n'
-        '[project]\nname = "plainflower"\nversion = "1.0.0"\n'
-        'description = "Paper A round as a plain Flower app (FedAvg)"\n'
-        'license = "Apache-2.0"\ndependencies = []\n\n'
-        '[tool.flwr.app]\npublisher = "poisonlab"\n\n'
-        f'[tool.flwr.app.components]\nserverapp = "{MODULE}:server_app"\nclientapp = "{MODULE}:client_app"\n\n'
-        f"[tool.flwr.app.config]\n{keys}"
-    )
+    from scripts.flower_run import flower_app_pyproject
 
-
-def _toml(value: Any) -> str:
-    """A run-config value in TOML's syntax."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return json.dumps(value) if isinstance(value, str) else str(value)
+    return flower_app_pyproject("plainflower", "1.0.0", "Paper A round as a plain Flower app (FedAvg)", MODULE,
+                                run_config)  # fmt: skip
 
 
 def run_plain_app(folder: Path) -> None:
@@ -275,7 +262,7 @@ def run_plain_app(folder: Path) -> None:
     ``folder/launch.json`` holds the run config, the federation config and the
     environment of the SuperLink (see :func:`launch_settings`).
     """
-    from scripts.flower_run import FlowerSession, free_port
+    from scripts.flower_run import FlowerSession, free_port, toml_value
 
     launch = json.loads((folder / LAUNCH).read_text())
 
@@ -288,7 +275,7 @@ def run_plain_app(folder: Path) -> None:
             (app / "pyproject.toml").write_text(app_pyproject(cfg))
             shutil.copyfile(Path(__file__).resolve(), app / f"{MODULE}.py")
             run_config = self.folder / "run-config.toml"
-            run_config.write_text("".join(f"{key} = {_toml(value)}\n" for key, value in cfg.items()))
+            run_config.write_text("".join(f"{key} = {toml_value(value)}\n" for key, value in cfg.items()))
             return app, run_config
 
     def progress(line: dict[str, Any]) -> None:

@@ -302,14 +302,20 @@ def app_pyproject() -> str:
         installed = version("poisonlab")
     except PackageNotFoundError:
         raise RuntimeError("poisonlab is not installed in this environment: pip install -e . first") from None
+    description = "poisonlab federation (apps loaded from the installed poisonlab)"
+    return flower_app_pyproject("poisonlab", installed, description, "scripts.apps", {CONFIG_KEY: ""})
+
+
+def flower_app_pyproject(name: str, app_version: str, description: str, module: str, config: dict[str, Any]) -> str:
+    """A Flower app's ``pyproject.toml``: ``module``'s ``server_app`` and ``client_app``, run config keys ``config``."""
+    keys = "".join(f"{key} = {toml_value(value)}\n" for key, value in config.items())
     return (
         '[build-system]\nrequires = ["setuptools>=68"]\nbuild-backend = "setuptools.build_meta"\n\n'
-        f'[project]\nname = "poisonlab"\nversion = "{installed}"\n'
-        'description = "poisonlab federation (apps loaded from the installed poisonlab)"\n'
+        f'[project]\nname = "{name}"\nversion = "{app_version}"\ndescription = "{description}"\n'
         'license = "Apache-2.0"\ndependencies = []\n\n'
         '[tool.flwr.app]\npublisher = "poisonlab"\n\n'
-        '[tool.flwr.app.components]\nserverapp = "scripts.apps:server_app"\nclientapp = "scripts.apps:client_app"\n\n'
-        f'[tool.flwr.app.config]\n{CONFIG_KEY} = ""\n'
+        f'[tool.flwr.app.components]\nserverapp = "{module}:server_app"\nclientapp = "{module}:client_app"\n\n'
+        f"[tool.flwr.app.config]\n{keys}"
     )
 
 
@@ -486,7 +492,7 @@ class FlowerSession:
         app, run_config = self.stage(cfg)
         argv = [flower_bin("flwr"), "run", str(app), CONNECTION, "--run-config", str(run_config), "--stream"]
         if federation_config:
-            argv += ["--federation-config", " ".join(f"{k}={_toml(v)}" for k, v in federation_config.items())]
+            argv += ["--federation-config", " ".join(f"{k}={toml_value(v)}" for k, v in federation_config.items())]
         stream = self._stream = LogStream(self.folder / "stream.log", echo=verbose)
         proc = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env, cwd=self.folder,
@@ -580,8 +586,8 @@ def _follow(metrics: Path, seen: int, on_round: Callable[[dict[str, Any]], None]
     return max(seen, len(rows))
 
 
-def _toml(value: Any) -> str:
-    """A value in TOML's syntax for ``--federation-config`` (strings quoted, booleans lower-case)."""
+def toml_value(value: Any) -> str:
+    """A value in TOML's syntax, for run and federation configs (strings quoted, booleans lower-case)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
