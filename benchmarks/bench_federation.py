@@ -78,11 +78,6 @@ def floor_rounds(rounds: int, num_clients: int = 50, per_round: int = 5, seed: i
     return times
 
 
-def tree_rss_mb(pid: int) -> float:
-    """Resident memory of ``pid`` and all its descendants, in MiB (from /proc)."""
-    return tree_stats(pid).rss_mb
-
-
 class TreeMemory(NamedTuple):
     """Memory of a process tree at one instant (MiB) and how many processes it has.
 
