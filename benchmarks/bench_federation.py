@@ -148,20 +148,33 @@ def tree_stats(pid: int) -> TreeMemory:
     return TreeMemory(rss / 1024, pss / 1024, count)
 
 
-def run_poisonlab(overrides: list[str], folder: Path) -> dict:
-    """Run ``poisonlab`` in a subprocess; return round times, start-up and the tree's peak memory.
+class SampledRun(NamedTuple):
+    """A command's output, exit code and wall time, with its process tree's memory (see :func:`run_sampled`)."""
 
-    The process tree is sampled every 0.5 s: ``peak_mb`` is the largest RSS
-    sum, ``peak_pss_mb`` the largest PSS sum (see :class:`TreeMemory`; the two
-    peaks may come from different samples), ``rss_after_round`` and
-    ``pss_after_round`` the sums once each round's line is written.
+    output: str
+    returncode: int
+    wall: float
+    peak_mb: float
+    peak_pss_mb: float
+    peak_procs: int
+    rss_after_round: list[float]
+    pss_after_round: list[float]
+
+
+def run_sampled(argv: list[str], metrics: Path, cwd: Path = ROOT) -> SampledRun:
+    """Run ``argv`` to its end, sampling its process tree's memory every 0.5 s.
+
+    ``peak_mb`` is the largest RSS sum, ``peak_pss_mb`` the largest PSS sum
+    (see :class:`TreeMemory`; the two peaks may come from different samples),
+    ``rss_after_round`` and ``pss_after_round`` the sums once each line of
+    ``metrics`` (one per round) is written. Every timed run of a comparison is
+    started through here, so the sampler's own cost (reading each process's
+    ``smaps_rollup``) weighs on each run alike.
     """
-    argv = [sys.executable, "-m", "scripts.run", *overrides, f"hydra.run.dir={folder}"]
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = {"rss": 0.0, "pss": 0.0, "procs": 0}
     after_round: list[TreeMemory] = []
-    metrics = folder / "metrics.jsonl"
 
     def sample() -> None:
         while proc.poll() is None:
@@ -177,14 +190,26 @@ def run_poisonlab(overrides: list[str], folder: Path) -> dict:
     output = proc.communicate()[0]
     wall = time.perf_counter() - start
     sampler.join()
-    if proc.returncode != 0:
-        raise RuntimeError(f"poisonlab failed:\n{output[-4000:]}")
+    return SampledRun(output, proc.returncode, wall, peak["rss"], peak["pss"], int(peak["procs"]),
+                      [m.rss_mb for m in after_round], [m.pss_mb for m in after_round])  # fmt: skip
+
+
+def run_poisonlab(overrides: list[str], folder: Path) -> dict:
+    """Run ``poisonlab`` in a subprocess; return round times, start-up and the tree's peak memory.
+
+    The memory figures are :func:`run_sampled`'s; ``startup`` is the wall time
+    minus every recorded round (round 0 included).
+    """
+    argv = [sys.executable, "-m", "scripts.run", *overrides, f"hydra.run.dir={folder}"]
+    run = run_sampled(argv, folder / "metrics.jsonl")
+    if run.returncode != 0:
+        raise RuntimeError(f"poisonlab failed:\n{run.output[-4000:]}")
     lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
     rounds = [x["seconds"] for x in lines if x["round"] > 0]
-    return {"rounds": rounds, "wall": wall, "startup": wall - sum(x["seconds"] for x in lines),
-            "peak_mb": peak["rss"], "peak_pss_mb": peak["pss"], "peak_procs": peak["procs"],
-            "accuracy": lines[-1]["accuracy"], "rss_after_round": [m.rss_mb for m in after_round],
-            "pss_after_round": [m.pss_mb for m in after_round]}  # fmt: skip
+    return {"rounds": rounds, "wall": run.wall, "startup": run.wall - sum(x["seconds"] for x in lines),
+            "peak_mb": run.peak_mb, "peak_pss_mb": run.peak_pss_mb, "peak_procs": run.peak_procs,
+            "accuracy": lines[-1]["accuracy"], "rss_after_round": run.rss_after_round,
+            "pss_after_round": run.pss_after_round}  # fmt: skip
 
 
 def steady(times: list[float]) -> float:

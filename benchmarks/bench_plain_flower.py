@@ -4,18 +4,31 @@ Paper A's round (Tolpegin et al., ESORICS 2020, Fashion-MNIST): 50 clients, 5
 sampled per round, IID equal partitions of 1,200 samples, ``FashionMnistCnn``,
 1 local epoch, batch 4, SGD lr 0.001 momentum 0.9 with each client's momentum
 kept across its participations, unweighted mean of the client models, central
-evaluation on the 10,000 test images every round. It runs twice, back to back:
+evaluation on the 10,000 test images every round. Each sitting runs three apps,
+back to back:
 
-* plain Flower: the ServerApp and ClientApp of this file, written with Flower's
-  Message API only (``flwr.serverapp.ServerApp``, Flower's built-in
-  ``flwr.serverapp.strategy.FedAvg`` with central evaluation through its
-  ``evaluate_fn``, ``flwr.clientapp.ClientApp`` keeping its momentum buffers in
-  ``context.state``); none of poisonlab's server, clients or strategies;
+* plain Flower with a plain PyTorch loop: the ServerApp and ClientApp of this
+  file, written with Flower's Message API only (``flwr.serverapp.ServerApp``,
+  Flower's built-in ``flwr.serverapp.strategy.FedAvg`` with central evaluation
+  through its ``evaluate_fn``, ``flwr.clientapp.ClientApp`` keeping its momentum
+  buffers in ``context.state``), none of poisonlab's server, clients or
+  strategies, and the local and test loops a PyTorch user writes: torchvision's
+  dataset as tensors, a shuffling ``DataLoader``, NCHW, ``torch.no_grad``
+  evaluation in batches of 256. This is the app a study would otherwise be
+  written as, and the one poisonlab's round must not be slower than;
+* the same plain Flower app running poisonlab's local and test loops
+  (``common.training.train_epochs``, and ``confusion_matrix`` of the model's
+  ``inference_copy``, channels-last, on poisonlab's memory-mapped data). Both
+  sides then do identical arithmetic, so poisonlab's ratio to it is what
+  poisonlab's server, clients and strategy cost on top of Flower, about 1
+  within the noise;
 * poisonlab: ``python -m scripts.run federation.num_rounds=R`` (the default run).
 
 It prints, as a Markdown table, the steady-state seconds per round (median over
-rounds 2..R), the start-up, round 0 and the accuracy after R rounds of each, and
-the ratio poisonlab / plain Flower.
+rounds 2..R, then over the sittings), poisonlab's ratio to each app in each
+sitting, the start-up, round 0, the peak RSS and PSS sums of each run's
+process tree and the accuracy after R rounds. ``--loops`` picks the plain
+app's loops, ``--repeat`` the number of sittings.
 
 How the plain app runs
 ----------------------
@@ -40,7 +53,9 @@ comparable.
 
 The plain app runs in a process of its own (``--plain-run-dir``), timed from
 its start to its end as poisonlab's process is, so start-up covers the same
-things for both.
+things for both, and every run's process tree is sampled for its memory the
+same way (``bench_federation.run_sampled``, every 0.5 s), so the sampler's own
+cost weighs on every app alike.
 
 How the times are taken
 -----------------------
@@ -56,21 +71,28 @@ and the teardown after the last round.
 
 What is the same and what is not
 --------------------------------
-Same data (``common.data``), partitions (``common.partition.IidEqual``, seed
-0), initial model (``torch.manual_seed(0)`` then ``FashionMnistCnn``), local
-loop (``common.training.train_epochs`` in channels-last memory format, as
-poisonlab's default ``client.channels_last``) and central evaluation
-(``common.training.confusion_matrix``, batches of 256 on CPU, 4,096 on CUDA).
-``FedAvg`` weights each model by its ``num-examples``; every client reports its
-1,200 samples, so that is the unweighted mean. The two sample different
+Same data (the same Fashion-MNIST files, read by torchvision or by
+``common.data``), partitions (``common.partition.IidEqual``, seed 0), initial
+model (``torch.manual_seed(0)`` then ``FashionMnistCnn``), local work (one
+epoch of batch-4 SGD, each client's momentum kept) and central evaluation
+(batches of 256 on CPU, 4,096 on CUDA). The loops differ as said above: the
+plain loop is what poisonlab is compared against; poisonlab's own loops differ
+from it by their channels-last memory format (``client.channels_last``) and
+index batches (no ``DataLoader``), together about 20 % less time per client
+on one CPU thread, and by evaluating the global model with its BatchNorm
+folded into the convolutions (``evaluation.fold_batchnorm``,
+``common.training.inference_copy``). ``FedAvg`` weights each model by its
+``num-examples``; every client reports its 1,200 samples, so that is the
+unweighted mean. The two sample different
 clients (``FedAvg`` draws with Python's ``random``, seeded here with the run's
 seed; poisonlab with its own generator), so the accuracies are in the same
 range but not equal. poisonlab's client learning rate decays after a client's
 10th participation (``client.lr_step``), which a client reaches after about
 100 rounds; the plain app keeps it fixed.
 
-Run: ``python benchmarks/bench_plain_flower.py [--rounds 6]``. Timings on a
-shared machine vary by +-15 %: compare the ratio, taken in one sitting.
+Run: ``python benchmarks/bench_plain_flower.py [--rounds 6] [--repeat 3]``.
+Timings on a shared machine vary by +-15 %: compare the ratios, taken in one
+sitting.
 """
 
 from __future__ import annotations
@@ -79,7 +101,7 @@ import argparse
 import json
 import random
 import shutil
-import subprocess
+import statistics
 import sys
 import tempfile
 import time
@@ -89,16 +111,18 @@ from typing import Any
 
 import numpy as np
 import torch
+import torchvision
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
+from torch.utils.data import DataLoader, TensorDataset
 
-from common.data import load_dataset, prepare_dataset, to_float
+from common.data import load_dataset, prepare_dataset, spec_of, to_float
 from common.models import FashionMnistCnn
 from common.partition import IidEqual
 from common.runtime import resolve_device
-from common.training import confusion_matrix, train_epochs
+from common.training import confusion_matrix, inference_copy, train_epochs
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASET = "fashion_mnist"
@@ -117,6 +141,7 @@ PAPER_A: dict[str, Any] = {
     "momentum": 0.9,
     "batch-size": 4,
     "epochs": 1,
+    "loop": "plain",
     "out-dir": "",
     "data-root": "",
 }
@@ -128,6 +153,9 @@ PAPER_A: dict[str, Any] = {
 server_app = ServerApp()
 client_app = ClientApp()
 
+#: the two local loops the plain app can run (run config ``loop``)
+LOOPS = ("plain", "poisonlab")
+
 
 @lru_cache(maxsize=2)
 def client_partitions(root: str, num_clients: int, seed: int) -> tuple[np.ndarray, ...]:
@@ -136,9 +164,50 @@ def client_partitions(root: str, num_clients: int, seed: int) -> tuple[np.ndarra
     return tuple(IidEqual()(labels, num_clients, seed))
 
 
+@lru_cache(maxsize=4)
+def torchvision_split(root: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fashion-MNIST as a plain PyTorch user loads it: torchvision's dataset, images as floats in [0, 1], NCHW.
+
+    Read once per process (the ServerApp, each Ray actor). Fashion-MNIST needs
+    no normalisation beyond ``ToTensor``'s scaling (as in Tolpegin et al.'s code).
+    """
+    ds = torchvision.datasets.FashionMNIST(root, train=train, download=False)
+    return ds.data.unsqueeze(1).float().div(255.0), ds.targets
+
+
 def batch_seed(seed: int, cid: int, server_round: int) -> int:
     """The seed of client ``cid``'s batch order in ``server_round``, derived from the run's seed."""
     return int(np.random.SeedSequence((seed, cid, server_round)).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def plain_local_training(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *,
+    batch_size: int, epochs: int, generator: torch.Generator,
+) -> float:  # fmt: skip
+    """The textbook local loop: a shuffling ``DataLoader`` over the client's tensors, NCHW; its mean loss."""
+    loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True, generator=generator)
+    model.train()
+    total, seen = 0.0, 0
+    for _ in range(epochs):
+        for xb, yb in loader:
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(xb), yb)
+            loss.backward()
+            optimizer.step()
+            total, seen = total + loss.item() * len(yb), seen + len(yb)
+    return total / max(seen, 1)
+
+
+@torch.no_grad()
+def plain_evaluation(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
+    """The textbook test loop: accuracy and mean cross-entropy in batches, NCHW."""
+    model.eval()
+    correct, loss = 0, 0.0
+    for start in range(0, len(y), batch_size):
+        logits = model(x[start : start + batch_size])
+        loss += float(torch.nn.functional.cross_entropy(logits, y[start : start + batch_size], reduction="sum"))
+        correct += int((logits.argmax(1) == y[start : start + batch_size]).sum())
+    return correct / len(y), loss / len(y)
 
 
 @client_app.train()
@@ -146,31 +215,45 @@ def train(msg: Message, context: Context) -> Message:
     """One local epoch on this node's partition from the received global model; reply with the trained model.
 
     Each virtual SuperNode is one client (``partition-id``). Its SGD momentum
-    buffers stay in ``context.state`` between its participations.
+    buffers stay in ``context.state`` between its participations. The run
+    config's ``loop`` picks the local loop: ``plain`` (:func:`plain_local_training`
+    on torchvision's tensors) or ``poisonlab`` (``common.training.train_epochs``
+    on poisonlab's memory-mapped data, channels-last, as poisonlab's clients).
     """
     cfg = context.run_config
     cid, num_clients = int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
     server_round = int(msg.content["config"]["server-round"])
     device = resolve_device("auto")
-    data = load_dataset(DATASET, str(cfg["data-root"]))
+    channels_last = str(cfg["loop"]) == "poisonlab"
     idx = torch.from_numpy(client_partitions(str(cfg["data-root"]), num_clients, int(cfg["seed"]))[cid])
-    x, y = to_float(data.train_x[idx]).to(device), data.train_y[idx].to(device)
+    if channels_last:
+        data = load_dataset(DATASET, str(cfg["data-root"]))
+        x, y = to_float(data.train_x[idx]).to(device), data.train_y[idx].to(device)
+    else:
+        train_x, train_y = torchvision_split(str(cfg["data-root"]), True)
+        x, y = train_x[idx].to(device), train_y[idx].to(device)
 
     model = FashionMnistCnn()
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    model.to(device, memory_format=torch.channels_last)
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=float(cfg["lr"]), momentum=float(cfg["momentum"]))
     if "momentum" in context.state:
         saved = context.state["momentum"].to_torch_state_dict()
         for name, param in model.named_parameters():
             optimizer.state[param]["momentum_buffer"] = torch.empty_like(param).copy_(saved[name])
     generator = torch.Generator().manual_seed(batch_seed(int(cfg["seed"]), cid, server_round))
-    stats = train_epochs(model, optimizer, x, y, spec=data.spec, batch_size=int(cfg["batch-size"]),
-                         epochs=int(cfg["epochs"]), generator=generator, channels_last=True)  # fmt: skip
+    batch_size, epochs = int(cfg["batch-size"]), int(cfg["epochs"])
+    if channels_last:
+        stats = train_epochs(model, optimizer, x, y, spec=spec_of(DATASET), batch_size=batch_size, epochs=epochs,
+                             generator=generator, channels_last=True)  # fmt: skip
+        train_loss = stats["train_loss"]
+    else:
+        train_loss = plain_local_training(model, optimizer, x, y, batch_size=batch_size, epochs=epochs,
+                                          generator=generator)  # fmt: skip
     buffers = {name: optimizer.state[p]["momentum_buffer"] for name, p in model.named_parameters()}
     context.state["momentum"] = ArrayRecord({name: b.detach().cpu().contiguous() for name, b in buffers.items()})
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    metrics = MetricRecord({"train-loss": stats["train_loss"], "num-examples": len(y)})
+    metrics = MetricRecord({"train-loss": train_loss, "num-examples": len(y)})
     return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}), reply_to=msg)
 
 
@@ -212,18 +295,27 @@ def serve(grid: Grid, context: Context) -> None:
         seed, num_clients = int(cfg["seed"]), int(cfg["num-clients"])
         random.seed(seed)  # FedAvg samples the nodes with Python's random
         device = resolve_device("auto")
-        data = load_dataset(DATASET, str(cfg["data-root"]))
-        test_x, test_y = data.test_x.to(device), data.test_y.to(device)
+        channels_last = str(cfg["loop"]) == "poisonlab"
+        if channels_last:
+            data = load_dataset(DATASET, str(cfg["data-root"]))
+            test_x, test_y = data.test_x.to(device), data.test_y.to(device)
+        else:
+            test_x, test_y = (t.to(device) for t in torchvision_split(str(cfg["data-root"]), False))
         torch.manual_seed(seed)
-        model = FashionMnistCnn().to(device, memory_format=torch.channels_last)
+        model = FashionMnistCnn().to(device)
         initial = ArrayRecord({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
         batch_size = 4096 if device.type == "cuda" else 256
 
         def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
             model.load_state_dict(arrays.to_torch_state_dict())
-            cm, loss = confusion_matrix(model, test_x, test_y, spec=data.spec, batch_size=batch_size,
-                                        channels_last=True, device=device)  # fmt: skip
-            accuracy = float(cm.diag().sum()) / max(int(cm.sum()), 1)
+            if channels_last:
+                cm, loss = confusion_matrix(inference_copy(model), test_x, test_y, spec=spec_of(DATASET),
+                                            batch_size=batch_size, channels_last=True, device=device)  # fmt: skip
+                accuracy = float(cm.diag().sum()) / max(int(cm.sum()), 1)
+            else:
+                accuracy, loss = plain_evaluation(model, test_x, test_y, batch_size)
             log.record(server_round, accuracy, loss)
             return MetricRecord({"accuracy": accuracy, "loss": loss})
 
@@ -288,12 +380,12 @@ def run_plain_app(folder: Path) -> None:
                     federation_config=launch["federation_config"])  # fmt: skip
 
 
-def launch_settings(rounds: int, folder: Path) -> dict[str, Any]:
+def launch_settings(rounds: int, folder: Path, loop: str) -> dict[str, Any]:
     """The plain app's run config, and the Ray settings of poisonlab's default engine (``conf/engine/simulation.yaml``).
 
-    Returns the run config, Flower's federation config (one virtual SuperNode
-    per client), the SuperLink's environment, the run's timeout and how many
-    SuperNodes poisonlab itself uses for this round.
+    Returns the run config (with local loop ``loop``), Flower's federation
+    config (one virtual SuperNode per client), the SuperLink's environment, the
+    run's timeout and how many SuperNodes poisonlab itself uses for this round.
     """
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -304,31 +396,34 @@ def launch_settings(rounds: int, folder: Path) -> dict[str, Any]:
     n, k = int(PAPER_A["num-clients"]), int(PAPER_A["clients-per-round"])
     federation_config = {**engine.federation_config(n, k), "num-supernodes": n}
     root = prepare_dataset(DATASET)
-    load_dataset(DATASET, str(root))  # decoded once on this machine before either run is timed
-    run_config = {**PAPER_A, "num-rounds": rounds, "out-dir": str(folder.resolve()), "data-root": str(root)}
+    load_dataset(DATASET, str(root))  # decoded once on this machine before any run is timed
+    run_config = {**PAPER_A, "num-rounds": rounds, "loop": loop, "out-dir": str(folder.resolve()),
+                  "data-root": str(root)}  # fmt: skip
     return {"run_config": run_config, "federation_config": federation_config, "env": engine.ray_env(),
             "timeout": float(engine.timeout), "poisonlab_supernodes": engine.num_nodes(n, k),
             "actors": engine.workers}  # fmt: skip
 
 
-def run_plain(rounds: int, folder: Path) -> dict[str, Any]:
-    """Time the plain Flower app in a process of its own; its round times, start-up, round 0 and accuracy."""
+def run_plain(rounds: int, folder: Path, loop: str) -> dict[str, Any]:
+    """Time the plain Flower app with local loop ``loop`` in a process of its own (memory sampled as poisonlab's)."""
+    from bench_federation import run_sampled
+
     folder.mkdir(parents=True, exist_ok=True)
-    launch = launch_settings(rounds, folder)
+    launch = launch_settings(rounds, folder, loop)
     (folder / LAUNCH).write_text(json.dumps(launch))
     fed = launch["federation_config"]
-    print(f"  plain Flower: {fed['num-supernodes']} SuperNodes, backend {fed['backend']}, "
+    print(f"  plain Flower ({loop} loop): {fed['num-supernodes']} SuperNodes, backend {fed['backend']}, "
           f"{fed['client-resources-num-cpus']} CPU per client actor, {launch['actors']} actors "
           f"(poisonlab: {launch['poisonlab_supernodes']} SuperNodes)", flush=True)  # fmt: skip
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--plain-run-dir", str(folder)], cwd=ROOT)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
+    run = run_sampled([sys.executable, str(Path(__file__).resolve()), "--plain-run-dir", str(folder)],
+                      folder / METRICS)  # fmt: skip
+    if run.returncode != 0:
         stream = folder / "flower" / "stream.log"
         tail = "\n".join(stream.read_text(errors="replace").splitlines()[-40:]) if stream.exists() else ""
-        raise RuntimeError(f"the plain Flower app failed (exit {proc.returncode}); Flower's log ends with:\n{tail}")
+        raise RuntimeError(f"the plain Flower app failed (exit {run.returncode}):\n{run.output[-2000:]}\n"
+                           f"Flower's log ends with:\n{tail}")  # fmt: skip
     lines = [json.loads(x) for x in (folder / METRICS).read_text().splitlines()]
-    return timing(lines, wall)
+    return {**timing(lines, run.wall), "peak_mb": run.peak_mb, "peak_pss_mb": run.peak_pss_mb}
 
 
 def timing(lines: list[dict[str, Any]], wall: float) -> dict[str, Any]:
@@ -339,10 +434,47 @@ def timing(lines: list[dict[str, Any]], wall: float) -> dict[str, Any]:
             "accuracy": lines[-1]["accuracy"]}  # fmt: skip
 
 
+#: the table's rows: run key and its label
+APPS = {
+    "plain": "plain Flower, plain PyTorch loop",
+    "plain-poisonlab-loop": "plain Flower, poisonlab's loop (Flower's cost alone)",
+    "poisonlab": "poisonlab (default config)",
+}
+
+
+def sitting(rounds: int, loops: list[str], tmp: Path) -> dict[str, dict[str, Any]]:
+    """One run of each app, back to back: the plain app with each of ``loops``, then poisonlab."""
+    results: dict[str, dict[str, Any]] = {}
+    for loop in loops:
+        key = "plain" if loop == "plain" else "plain-poisonlab-loop"
+        results[key] = run_plain(rounds, tmp / f"plain_{loop}", loop)
+    from bench_federation import run_poisonlab
+
+    ours = run_poisonlab([f"federation.num_rounds={rounds}"], tmp / "poisonlab")
+    ours["round0"] = ours["wall"] - ours["startup"] - sum(ours["rounds"])
+    results["poisonlab"] = ours
+    for key, res in results.items():
+        print(f"  {APPS[key]}: rounds {' '.join(f'{t:.2f}' for t in res['rounds'])}", flush=True)
+    return results
+
+
 def main() -> None:
-    """Time the plain Flower app, then poisonlab, and print the table (or, with ``--plain-run-dir``, run the app)."""
+    """Time the plain Flower app and poisonlab, and print the table (or, with ``--plain-run-dir``, run the app)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="sittings, each running every app once in turn; the table gives medians over them",
+    )
+    parser.add_argument(
+        "--loops",
+        nargs="+",
+        choices=LOOPS,
+        default=list(LOOPS),
+        help="the plain app's local loops to run (default: both)",
+    )
     parser.add_argument("--plain-run-dir", type=Path, default=None,
                         help="only run the plain Flower app into this folder, which holds its launch.json "
                              "(how the benchmark starts it in a process of its own)")  # fmt: skip
@@ -350,29 +482,43 @@ def main() -> None:
     if args.plain_run_dir is not None:
         run_plain_app(args.plain_run_dir)
         return
-    if args.rounds < 1:
-        parser.error(f"--rounds must be >= 1, got {args.rounds}")
+    if args.rounds < 2:
+        parser.error(f"--rounds must be >= 2 (round 1 warms the actors and is left out), got {args.rounds}")
+    if args.repeat < 1:
+        parser.error(f"--repeat must be >= 1, got {args.repeat}")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_federation import run_poisonlab, steady
+    from bench_federation import steady
 
-    rounds = args.rounds
-    print(f"== paper A Fashion-MNIST round, {rounds} rounds: plain Flower app, then poisonlab ==", flush=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        plain = run_plain(rounds, Path(tmp) / "plain_flower")
-        ours = run_poisonlab([f"federation.num_rounds={rounds}"], Path(tmp) / "poisonlab")
-    ours["round0"] = ours["wall"] - ours["startup"] - sum(ours["rounds"])
-    p, q = steady(plain["rounds"]), steady(ours["rounds"])
-    print("\n| app | s/round (median, rounds 2..R) | start-up s | round 0 s | accuracy after R rounds |")
-    print("|---|---|---|---|---|")
-    print(f"| plain Flower (FedAvg, Ray simulation) | {p:.2f} | {plain['startup']:.1f} | {plain['round0']:.1f} "
-          f"| {plain['accuracy']:.4f} |")  # fmt: skip
-    print(f"| poisonlab (default config, Ray simulation) | {q:.2f} | {ours['startup']:.1f} | {ours['round0']:.1f} "
-          f"| {ours['accuracy']:.4f} |")  # fmt: skip
-    print(f"| ratio poisonlab / plain Flower | {q / p:.2f} | {ours['startup'] / plain['startup']:.2f} "
-          f"| {ours['round0'] / max(plain['round0'], 1e-9):.2f} | |")  # fmt: skip
+    print(f"== paper A Fashion-MNIST round, {args.rounds} rounds, {args.repeat} sitting(s): "
+          f"plain Flower ({', '.join(args.loops)} loop), then poisonlab ==", flush=True)  # fmt: skip
+    sittings = []
+    for k in range(args.repeat):
+        with tempfile.TemporaryDirectory() as tmp:
+            print(f"sitting {k + 1}", flush=True)
+            sittings.append(sitting(args.rounds, args.loops, Path(tmp)))
+    keys = list(sittings[0])
+    per_round = {key: [steady(s[key]["rounds"]) for s in sittings] for key in keys}
+    ratios = {key: [ours / theirs for ours, theirs in zip(per_round["poisonlab"], per_round[key], strict=True)]
+              for key in keys}  # fmt: skip
+
+    def med(key: str, field: str) -> float:
+        return statistics.median(s[key][field] for s in sittings)
+
     print(
-        "\nstart-up: process wall time minus every recorded round (launch, SuperLink, Ray, actors, teardown); "
-        "round 0: the ServerApp's start to the initial model's evaluation (poisonlab's includes its enrolment)."
+        "\n| app | s/round (median, rounds 2..R) | poisonlab / this app | start-up s | round 0 s "
+        "| peak RSS sum MiB | peak PSS sum MiB | accuracy after R rounds |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for key in keys:
+        ratio = " ".join(f"{r:.2f}" for r in ratios[key])
+        print(f"| {APPS[key]} | {statistics.median(per_round[key]):.2f} | {ratio} | {med(key, 'startup'):.1f} "
+              f"| {med(key, 'round0'):.1f} | {med(key, 'peak_mb'):.0f} | {med(key, 'peak_pss_mb'):.0f} "
+              f"| {med(key, 'accuracy'):.4f} |")  # fmt: skip
+    print(
+        "\nper-round figures: the median over rounds 2..R of each run, then over the sittings; the ratio column "
+        "gives poisonlab's round over this app's, one figure per sitting. start-up: process wall time minus every "
+        "recorded round (launch, SuperLink, Ray, actors, teardown); round 0: the ServerApp's start to the initial "
+        "model's evaluation (poisonlab's includes its enrolment)."
     )
 
 

@@ -64,10 +64,15 @@ class EvaluationSettings:
     what a run does after a round whose global model gives non-finite logits or
     loss (the round is recorded as ``diverged`` and never scored): ``stop``
     ends the run there (status ``diverged``), ``continue`` goes on.
+    ``fold_batchnorm``: evaluate a copy of the global model with each BatchNorm
+    folded into the layer before it (:func:`common.training.inference_copy`;
+    the same model up to float rounding, evaluated faster); ``false`` evaluates
+    the model as it is.
     """
 
     batch_size: int = 0
     on_divergence: str = "stop"
+    fold_batchnorm: bool = True
 
 
 @dataclass(frozen=True)

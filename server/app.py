@@ -40,7 +40,7 @@ from common.data import to_float
 from common.partition import class_counts
 from common.runtime import CONFIG_KEY, clients_of_node, uses_channels_last
 from common.streams import Stream, stream
-from common.training import confusion_matrix, step_batches, train_on_batches
+from common.training import confusion_matrix, inference_copy, step_batches, train_on_batches
 from server.checkpoint import load_checkpoint, restore, save_checkpoint, server_state, truncate_metrics
 from server.collusion import ReportedCollusion, observers
 from server.evaluate import detection_scores, metrics_from_confusion, targeted_metrics
@@ -465,13 +465,14 @@ def _run_rounds(
         if done and flower_round == 0:
             return None  # the checkpoint's model: its round is in metrics.jsonl already
         model.load_state_dict(final["state"])
-        cm, loss = confusion_matrix(model, test_x, test_y, **eval_kwargs)
+        evaluated = inference_copy(model) if run.evaluation.fold_batchnorm else model
+        cm, loss = confusion_matrix(evaluated, test_x, test_y, **eval_kwargs)
         if math.isfinite(loss):
             line = {"round": server_round, "diverged": False, **metrics_from_confusion(cm), "loss": loss}
             if is_targeted(attack):
                 line.update(targeted_metrics(line["per_class_recall"], attack.source, attack.target))
             if triggered is not None:
-                tcm, _ = confusion_matrix(model, *triggered, **eval_kwargs)
+                tcm, _ = confusion_matrix(evaluated, *triggered, **eval_kwargs)
                 line["asr"] = float(tcm[:, attack.target].sum()) / max(int(tcm.sum()), 1)
         else:
             line = diverged_line(server_round, attack, triggered is not None)
