@@ -202,7 +202,7 @@ def inference_copy(model: nn.Module) -> nn.Module:
     the normalisation in its weights and bias (Ioffe and Szegedy's inference
     form). The copy computes the same function as ``model`` in eval mode up to
     float rounding, in one pass over each such activation instead of two (about
-    15-25 % less time evaluating paper A's Fashion-MNIST CNN on CPU). A model
+    20 % less time evaluating paper A's Fashion-MNIST CNN on CPU). A model
     whose running variance is negative or whose weights are not finite folds
     into non-finite weights, so its logits stay non-finite and the evaluation
     still refuses to score it. A model without BatchNorm, or one torch.fx cannot
