@@ -224,9 +224,9 @@ def train(msg: Message, context: Context) -> Message:
     cid, num_clients = int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
     server_round = int(msg.content["config"]["server-round"])
     device = resolve_device("auto")
-    channels_last = str(cfg["loop"]) == "poisonlab"
+    poisonlab_loops = str(cfg["loop"]) == "poisonlab"
     idx = torch.from_numpy(client_partitions(str(cfg["data-root"]), num_clients, int(cfg["seed"]))[cid])
-    if channels_last:
+    if poisonlab_loops:
         data = load_dataset(DATASET, str(cfg["data-root"]))
         x, y = to_float(data.train_x[idx]).to(device), data.train_y[idx].to(device)
     else:
@@ -235,7 +235,7 @@ def train(msg: Message, context: Context) -> Message:
 
     model = FashionMnistCnn()
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    model.to(device, memory_format=torch.channels_last if poisonlab_loops else torch.contiguous_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=float(cfg["lr"]), momentum=float(cfg["momentum"]))
     if "momentum" in context.state:
         saved = context.state["momentum"].to_torch_state_dict()
@@ -243,7 +243,7 @@ def train(msg: Message, context: Context) -> Message:
             optimizer.state[param]["momentum_buffer"] = torch.empty_like(param).copy_(saved[name])
     generator = torch.Generator().manual_seed(batch_seed(int(cfg["seed"]), cid, server_round))
     batch_size, epochs = int(cfg["batch-size"]), int(cfg["epochs"])
-    if channels_last:
+    if poisonlab_loops:
         stats = train_epochs(model, optimizer, x, y, spec=spec_of(DATASET), batch_size=batch_size, epochs=epochs,
                              generator=generator, channels_last=True)  # fmt: skip
         train_loss = stats["train_loss"]
@@ -295,8 +295,8 @@ def serve(grid: Grid, context: Context) -> None:
         seed, num_clients = int(cfg["seed"]), int(cfg["num-clients"])
         random.seed(seed)  # FedAvg samples the nodes with Python's random
         device = resolve_device("auto")
-        channels_last = str(cfg["loop"]) == "poisonlab"
-        if channels_last:
+        poisonlab_loops = str(cfg["loop"]) == "poisonlab"
+        if poisonlab_loops:
             data = load_dataset(DATASET, str(cfg["data-root"]))
             test_x, test_y = data.test_x.to(device), data.test_y.to(device)
         else:
@@ -304,13 +304,13 @@ def serve(grid: Grid, context: Context) -> None:
         torch.manual_seed(seed)
         model = FashionMnistCnn().to(device)
         initial = ArrayRecord({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
-        if channels_last:
+        if poisonlab_loops:
             model.to(memory_format=torch.channels_last)
         batch_size = 4096 if device.type == "cuda" else 256
 
         def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
             model.load_state_dict(arrays.to_torch_state_dict())
-            if channels_last:
+            if poisonlab_loops:
                 cm, loss = confusion_matrix(inference_copy(model), test_x, test_y, spec=spec_of(DATASET),
                                             batch_size=batch_size, channels_last=True, device=device)  # fmt: skip
                 accuracy = float(cm.diag().sum()) / max(int(cm.sum()), 1)
