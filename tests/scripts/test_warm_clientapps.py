@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,23 @@ def test_a_launch_runs_the_entry_in_a_child_of_the_server_with_its_own_args_env_
     assert log.read_text().count("started ClientApp process") == 2
 
 
+def exits(pid: int, within: float = 10.0) -> bool:
+    """Whether process ``pid`` is gone or a zombie within ``within`` seconds.
+
+    The child reports its exit code to the launcher just before its ``os._exit``,
+    so the launcher can return while the child is still exiting.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except OSError:
+            return True
+        if state == "Z" or time.monotonic() >= deadline:
+            return state == "Z"
+        time.sleep(0.05)
+
+
 def test_sigterm_to_the_launcher_reaches_the_child_and_its_exit_code_comes_back(server):
     _, env, launcher, _ = server
     proc = subprocess.Popen([str(launcher), "wait"], env=env, stdout=subprocess.PIPE, text=True)
@@ -104,7 +122,7 @@ def test_sigterm_to_the_launcher_reaches_the_child_and_its_exit_code_comes_back(
     child = int(fields(lines[0])["pid"])
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 7
-    assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+    assert exits(child)
 
 
 def test_without_a_server_the_launcher_runs_flowers_command_itself(tmp_path):
